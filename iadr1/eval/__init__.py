@@ -1,0 +1,28 @@
+"""Evaluation: metrics per dataset and class, reports, comparisons (docs/eval.md).
+
+    from iadr1.eval import evaluate
+    result = evaluate(["test_SDD_format.json"], ["predictions.jsonl"])
+    result.datasets["SDD"]["balanced_accuracy"]
+
+Modules: `load` (test files, both prediction formats, annotations, matching), `metrics` (vectorised numbers),
+`pipeline` (`evaluate`: read, match, score), `report` (metrics.json, accuracy.csv, plots, terminal table),
+`html` (report.html), `compare` (runs side by side).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from iadr1.eval.pipeline import EvalResult, evaluate
+
+__all__ = ["EvalResult", "evaluate"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import iadr1.eval` stays cheap (numpy and msgspec load on first use).
+    if name in __all__:
+        from iadr1.eval import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(name)

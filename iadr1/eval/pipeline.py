@@ -1,0 +1,250 @@
+"""`evaluate`: test files + predictions -> metrics per dataset and class, with the issues found on the way."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from iadr1.eval import metrics as M
+from iadr1.eval.load import (
+    SHOW_FIRST,
+    GroundTruth,
+    Matched,
+    gc_paused,
+    load_ground_truth,
+    load_predictions,
+    match,
+)
+
+# A predicted type counts as right when `type_score` is at least this: the same defect category, or texts equal
+# or containing one another (REFERENCE.md section 4); a same-group-only match (0.3) or a fuzzy guess does not.
+TYPE_MATCH = 0.6
+
+
+@dataclass
+class EvalResult:
+    """Metrics (`datasets`, `average`, as written to metrics.json) and what `report` needs for the gallery."""
+
+    datasets: dict[str, dict[str, Any]]
+    average: dict[str, Any]
+    run: dict[str, Any]
+    gt: GroundTruth
+    matched: Matched
+    consistent: np.ndarray  # int8 per image: 1, 0, or -1 without a reply
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"datasets": self.datasets, "average": self.average, "run": self.run}
+
+
+def _num(x: Any, digits: int | None = None) -> float | None:
+    """A JSON number: None for NaN (JSON has no NaN)."""
+    x = float(x)
+    if np.isnan(x):
+        return None
+    return round(x, digits) if digits is not None else x
+
+
+def _type_location(gt: GroundTruth, matched: Matched) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per image: location and type correctness (1.0 / 0.0, NaN where not judged).
+
+    Judged on true positives whose ground truth gives a location / type, with the functions of the training
+    rewards (`iadr1.rewards`) so that eval and SC-GRPO agree on what a right location or type is.
+    """
+    n = len(gt)
+    loc = np.full(n, np.nan)
+    typ = np.full(n, np.nan)
+    if not gt.defects:
+        return loc, typ, []
+    try:
+        from iadr1.rewards import location_score, type_score
+    except ImportError:
+        return loc, typ, ["type/location accuracy skipped: iadr1.rewards has no location_score/type_score"]
+    from iadr1.answers import parse
+
+    for i, (gt_loc, gt_type) in gt.defects.items():
+        if matched.letter_code[i] != M.YES:
+            continue  # judged on detected defects only: a miss is already counted by Miss
+        raw = matched.raw(i)
+        reply = parse(raw) if raw else None
+        if gt_loc:
+            # strict: a reply naming no grid cell is wrong (the published reward counts it as "center").
+            loc[i] = float(location_score((reply and reply.location) or "", gt_loc, strict=True) >= 1.0)
+        if gt_type:
+            typ[i] = float(type_score((reply and reply.type) or "", gt_type) >= TYPE_MATCH)
+    return loc, typ, []
+
+
+def _group_dicts(
+    conf: np.ndarray,
+    cons: tuple[np.ndarray, np.ndarray],
+    auc: tuple[np.ndarray, np.ndarray],
+    tl: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    ci: dict[str, np.ndarray] | None,
+) -> list[dict[str, Any]]:
+    """One metrics dict per group, JSON-ready (NaN as null)."""
+    r = M.rates(conf)
+    cons_ok, cons_n = cons
+    out = []
+    for g in range(conf.shape[0]):
+        c = conf[g]
+        d: dict[str, Any] = {
+            "n": int(c.sum()),
+            "n_anomalous": int(c[M.ANOMALOUS].sum()),
+            "n_normal": int(c[M.NORMAL].sum()),
+        }
+        d.update({k: _num(v[g]) for k, v in r.items()})
+        d["consistency_rate"] = _num(cons_ok[g] / cons_n[g] * 100) if cons_n[g] else None
+        d["auroc"] = _num(auc[0][g] * 100)
+        d["aupr"] = _num(auc[1][g] * 100)
+        loc_ok, loc_n, typ_ok, typ_n = (a[g] for a in tl)
+        d["location_accuracy"] = _num(loc_ok / loc_n * 100) if loc_n else None
+        d["type_accuracy"] = _num(typ_ok / typ_n * 100) if typ_n else None
+        d["n_location_judged"] = int(loc_n)
+        d["n_type_judged"] = int(typ_n)
+        d["confusion"] = {
+            truth: {"yes": int(c[t, M.YES]), "no": int(c[t, M.NO]), "unanswered": int(c[t, M.UNANSWERED])}
+            for t, truth in ((M.ANOMALOUS, "anomalous"), (M.NORMAL, "normal"))
+        }
+        if ci is not None:
+            d["ci95"] = {k: [_num(v[g, 0]), _num(v[g, 1])] for k, v in ci.items()}
+        out.append(d)
+    return out
+
+
+def _grouped(
+    group: np.ndarray,
+    n_groups: int,
+    gt: GroundTruth,
+    matched: Matched,
+    consistent: np.ndarray,
+    loc: np.ndarray,
+    typ: np.ndarray,
+    n_boot: int,
+    rng: np.random.Generator,
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
+    conf = M.confusion(group, n_groups, gt.anomalous, matched.letter_code)
+    has_reply = consistent >= 0
+    cons = (
+        np.bincount(group[has_reply], weights=consistent[has_reply], minlength=n_groups),
+        np.bincount(group[has_reply], minlength=n_groups),
+    )
+    auc = M.grouped_auroc_aupr(group, n_groups, gt.anomalous, matched.p_yes)
+    tl_parts = []
+    for a in (loc, typ):
+        judged = ~np.isnan(a)
+        tl_parts += [
+            np.bincount(group[judged], weights=a[judged], minlength=n_groups),
+            np.bincount(group[judged], minlength=n_groups),
+        ]
+    reps = M.bootstrap(conf, n_boot, rng) if n_boot > 0 else None
+    ci = {k: M.percentile_interval(v) for k, v in reps.items()} if reps is not None else None
+    return _group_dicts(conf, cons, auc, tuple(tl_parts), ci), reps  # type: ignore[arg-type]
+
+
+def _average(per_dataset: list[dict[str, Any]], ba_reps: np.ndarray | None) -> dict[str, Any]:
+    """The mean over datasets of every rate (as the paper's Average column), counts summed."""
+    avg: dict[str, Any] = {}
+    if not per_dataset:
+        return avg
+    for k in per_dataset[0]:
+        if k in ("classes", "confusion", "ci95"):
+            continue
+        vals = [d[k] for d in per_dataset]
+        if k.startswith("n"):
+            avg[k] = int(sum(vals))
+        else:
+            present = [x for x in vals if x is not None]
+            avg[k] = sum(present) / len(present) if present else None  # as accuracy.csv's Average row
+    avg["n_datasets"] = len(per_dataset)
+    if ba_reps is not None:
+        # Datasets are resampled independently; each replicate's average is one draw of the average.
+        with np.errstate(invalid="ignore"):
+            lo_hi = M.percentile_interval(np.nanmean(ba_reps, axis=0))
+        avg["ci95"] = {"balanced_accuracy": [_num(lo_hi[0]), _num(lo_hi[1])]}
+    return avg
+
+
+def evaluate(
+    test_files: Sequence[str | os.PathLike],
+    prediction_files: Sequence[str | os.PathLike],
+    *,
+    compat: bool = False,
+    annotations: Sequence[str | os.PathLike] = (),
+    n_boot: int = 1000,
+    seed: int = 0,
+    name: str | None = None,
+) -> EvalResult:
+    """Score predictions against test files: metrics per dataset, per class, and averaged over datasets.
+
+    `compat` labels images by the original rule ("good" in the path means normal) instead of the test file's
+    answers. `n_boot` bootstrap replicates (0: none) give 95% intervals, reproducible for a given `seed`.
+    """
+    # Millions of records, no reference cycles: the cyclic collector would only rescan them (about 10% of the time).
+    with gc_paused():
+        gt = load_ground_truth(test_files, compat=compat, annotations=annotations)
+        preds = load_predictions(prediction_files)
+        matched = match(gt, preds)
+        n_predictions = len(preds.images)
+        # In file order, where the reply strings lie in memory in order (2x faster than in test-file order).
+        flags = M.consistency_flags(preds.raws)
+        del preds  # the records are no longer needed: free them before the metrics
+        consistent = np.full(len(gt), -1, np.int8)
+        consistent[matched.has_prediction] = flags[matched.pred_index[matched.has_prediction]]
+    loc, typ, notes = _type_location(gt, matched)
+    rng = np.random.default_rng(seed)
+
+    ds_dicts, ds_reps = _grouped(gt.dataset_idx, len(gt.datasets), gt, matched, consistent, loc, typ, n_boot, rng)
+    cls_dicts, _ = _grouped(gt.class_idx, len(gt.classes), gt, matched, consistent, loc, typ, n_boot, rng)
+    datasets: dict[str, dict[str, Any]] = {}
+    order = sorted(range(len(gt.datasets)), key=lambda i: gt.datasets[i])
+    for i in order:
+        d = ds_dicts[i]
+        d["classes"] = {
+            cls: cls_dicts[ci]
+            for ci, (ds, cls) in sorted(enumerate(gt.classes), key=lambda t: t[1])
+            if ds == gt.datasets[i]
+        }
+        datasets[gt.datasets[i]] = d
+    ba_reps = ds_reps["balanced_accuracy"][order] if ds_reps is not None else None
+    average = _average([datasets[k] for k in datasets], ba_reps)
+
+    n_missing, n_unknown = len(matched.missing), len(matched.unknown)
+    if n_missing:
+        notes.append(f"{n_missing} test image(s) without a prediction, scored unanswered: {_first(matched.missing)}")
+    if n_unknown:
+        notes.append(f"{n_unknown} prediction(s) for images not in the test files, ignored: {_first(matched.unknown)}")
+    if matched.n_error:
+        notes.append(f"{matched.n_error} prediction(s) carry an error (image unreadable at inference): unanswered")
+    if matched.n_skipped:
+        notes.append(f"{matched.n_skipped} record(s) of another question type than Anomaly Detection, ignored")
+    if matched.n_label_disagreements:
+        notes.append(
+            f"{matched.n_label_disagreements} original record(s) whose correct_answer differs from the "
+            f"{'path rule' if compat else 'test file'}; the {'path rule' if compat else 'test file'} is used"
+        )
+    run = {
+        "name": name,
+        "test_files": [str(f) for f in test_files],
+        "predictions": [str(f) for f in prediction_files],
+        "annotations": [str(f) for f in annotations],
+        "compat": compat,
+        "bootstrap": n_boot,
+        "seed": seed,
+        "n_images": len(gt),
+        "n_predictions": n_predictions,
+        "missing": {"count": n_missing, "first": matched.missing[:SHOW_FIRST]},
+        "unknown": {"count": n_unknown, "first": matched.unknown[:SHOW_FIRST]},
+        "errors": matched.n_error,
+        "notes": notes,
+    }
+    return EvalResult(datasets, average, run, gt, matched, consistent, notes)
+
+
+def _first(items: list[str]) -> str:
+    shown = ", ".join(items[:SHOW_FIRST])
+    return shown + (f" and {len(items) - SHOW_FIRST} more" if len(items) > SHOW_FIRST else "")

@@ -1,0 +1,114 @@
+"""Writers of small fake dataset trees (MVTec, VisA, KolektorSDD, DAGM, the released folder layout) for tests.
+
+Images are tiny synthetic PNG/JPG/BMP files made with PIL; an image's gray level can be chosen so that tests can
+predict which references are the most similar.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def image_bytes(value: int | np.ndarray = 128, size: int = 8, fmt: str = "PNG") -> bytes:
+    """Encode a `size`x`size` gray image of one `value` (or the given uint8 array) as `fmt`."""
+    arr = np.full((size, size), value, np.uint8) if np.isscalar(value) else np.asarray(value, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def write_image(path: Path, value: int | np.ndarray = 128, size: int = 8) -> Path:
+    """Write an image whose format follows the suffix (.png, .jpg, .bmp)."""
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP"}.get(path.suffix.lower(), "PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(image_bytes(value, size, fmt))
+    return path
+
+
+def make_mvtec(
+    root: Path,
+    classes: dict[str, dict[str, dict[str, int]]] | None = None,
+    masks: bool = True,
+    template: dict[str, int] | None = None,
+) -> Path:
+    """`root/<cls>/{train,test}/<specie>/NNN.png`, masks `ground_truth/<specie>/NNN_mask.png` for defects.
+
+    `classes` maps class -> split -> specie -> count; `template` maps class -> number of `template/` images.
+    """
+    classes = classes or {
+        "bottle": {"train": {"good": 3}, "test": {"good": 2, "broken": 2}},
+        "screw": {"train": {"good": 2}, "test": {"good": 1, "scratch": 1, "hole": 1}},
+    }
+    for cls, splits in classes.items():
+        for split, species in splits.items():
+            for specie, n in species.items():
+                for i in range(n):
+                    write_image(root / cls / split / specie / f"{i:03d}.png", 20 * i + 10)
+                    if masks and split == "test" and specie != "good":
+                        write_image(root / cls / "ground_truth" / specie / f"{i:03d}_mask.png", 255)
+    for cls, n in (template or {}).items():
+        for i in range(n):
+            write_image(root / cls / "template" / f"{i:03d}.png", 200 + i)
+    return root
+
+
+def make_visa(root: Path) -> Path:
+    """Two VisA classes and `split_csv/1cls.csv` (train normals, test normals and anomalies with masks)."""
+    rows = ["object,split,label,image,mask"]
+    for cls in ("candle", "pcb1"):
+        for i in range(3):
+            img = f"{cls}/Data/Images/Normal/{i:04d}.JPG"
+            write_image(root / img, 50 + i, size=16)
+            rows.append(f"{cls},{'train' if i < 2 else 'test'},normal,{img},")
+        for i in range(2):
+            img, mask = f"{cls}/Data/Images/Anomaly/{i:03d}.JPG", f"{cls}/Data/Masks/Anomaly/{i:03d}.png"
+            write_image(root / img, 200, size=16)
+            write_image(root / mask, 255)
+            rows.append(f"{cls},test,anomaly,{img},{mask}")
+    (root / "split_csv").mkdir(parents=True, exist_ok=True)
+    (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def make_sdd(root: Path) -> Path:
+    """KolektorSDD: `kos01/Part{0,1,2}.jpg` + `_label.bmp`; Part1 of each folder has a defect (non-zero label)."""
+    for kos in ("kos01", "kos02"):
+        for k in range(3):
+            write_image(root / kos / f"Part{k}.jpg", 100 + k, size=16)
+            label = np.zeros((16, 16), np.uint8)
+            if k == 1:
+                label[4:6, 4:6] = 255
+            write_image(root / kos / f"Part{k}_label.bmp", label, size=16)
+    return root
+
+
+def make_dagm(root: Path) -> Path:
+    """DAGM 2007: `Class1/{Train,Test}/NNNN.PNG`, masks `Label/NNNN_label.PNG` for the defective ones."""
+    for split, (n, defective) in {"Train": (4, {1}), "Test": (3, {0})}.items():
+        for i in range(n):
+            write_image(root / "Class1" / split / f"{i:04d}.PNG", 60 + i)
+            if i in defective:
+                write_image(root / "Class1" / split / "Label" / f"{i:04d}_label.PNG", 255)
+        (root / "Class1" / split / "Label").mkdir(parents=True, exist_ok=True)
+        (root / "Class1" / split / "Label" / "Labels.txt").write_text("ignored\n")
+    return root
+
+
+def make_folder(root: Path, dataset: str = "MPDD", with_test_level: bool = True, template: int = 0) -> Path:
+    """The released benchmark layout `root/<dataset>/<cls>/[test/]<specie>/NNN.png` (+ `train/good`, `template/`)."""
+    for cls in ("bracket_black", "tubes"):
+        base = root / dataset / cls
+        test = base / "test" if with_test_level else base
+        for i in range(3):
+            write_image(test / "good" / f"{i:03d}.png", 30 + i)
+        for i in range(2):
+            write_image(test / "hole" / f"{i:03d}.png", 220)
+        for i in range(5):
+            write_image(base / "train" / "good" / f"{i:03d}.png", 40 * i)
+        for i in range(template):
+            write_image(base / "template" / f"{i:03d}.png", 100 + i)
+    return root
