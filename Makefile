@@ -30,9 +30,11 @@ vllm-env:
 
 # pytest exits 5 when it collected nothing: a run that tested nothing is a failure.
 test: install
+	-@$(MAKE) --no-print-directory vllm-env
 	$(BIN)/python -m pytest -q -m "not slow"; rc=$$?; [ $$rc -ne 5 ] || { echo "no tests collected"; exit 1; }; exit $$rc
 
 test-all: install
+	-@$(MAKE) --no-print-directory vllm-env
 	$(BIN)/python -m pytest -q; rc=$$?; [ $$rc -ne 5 ] || { echo "no tests collected"; exit 1; }; exit $$rc
 
 lint: install

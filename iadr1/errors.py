@@ -1,4 +1,4 @@
-"""Error types. Every error a user can cause is an `IADR1Error` whose message is one line naming the file and problem."""
+"""Error types. Every error a user can cause is an `IADR1Error`: one line naming the file and the problem."""
 
 
 class IADR1Error(Exception):

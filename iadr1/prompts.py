@@ -56,7 +56,9 @@ ANOMALY_R1_SUFFIX = (
 
 
 def k_shot_intro(k: int) -> str:
-    return f"Following is {k} image of normal sample, which can be used as a template to compare the image being queried."
+    return (
+        f"Following is {k} image of normal sample, which can be used as a template to compare the image being queried."
+    )
 
 
 TEST_INTRO = "Following is image of test sample:"

@@ -20,3 +20,26 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "test_SDD_format.json").exists():
         pytest.skip("../shared/data is not present beside the checkout")
     return SHARED_DATA
+
+
+# --- tiny models (iadr1.models.tiny): built once per family per session ----------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory):
+    """`tiny_model_factory(family, **kwargs) -> Path`: a random tiny checkpoint, built once per (family, kwargs)."""
+    from iadr1.models.tiny import build_tiny
+
+    cache: dict[tuple, Path] = {}
+
+    def make(family: str, **kwargs) -> Path:
+        key = (family, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = build_tiny(family, tmp_path_factory.mktemp(f"tiny-{family}"), **kwargs)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_factory):
+    """`tiny_model(family) -> Path` with the default tiny sizes (alias of the factory without options)."""
+    return tiny_model_factory

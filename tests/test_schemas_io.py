@@ -42,7 +42,8 @@ def test_validation_error_names_file_record_and_field(tmp_path):
 
 def test_wrong_field_type_in_meta(tmp_path):
     p = tmp_path / "meta.json"
-    p.write_text(json.dumps({"bottle": [{"img_path": "x.png", "cls_name": "bottle", "specie_name": "good", "anomaly": "x"}]}))
+    entry = {"img_path": "x.png", "cls_name": "bottle", "specie_name": "good", "anomaly": "x"}
+    p.write_text(json.dumps({"bottle": [entry]}))
     with pytest.raises(DataError, match=r"bottle\[0\].*'anomaly'"):
         load_meta(p)
 

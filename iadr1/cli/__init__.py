@@ -46,6 +46,7 @@ app.command("env", help="Print versions of Python, torch, transformers, trl, pef
 app.command("build-data")(__import__("iadr1.cli.build_data", fromlist=["build_data"]).build_data)
 app.command("convert")(__import__("iadr1.cli.convert", fromlist=["convert"]).convert)
 app.add_typer(__import__("iadr1.cli.eval", fromlist=["app"]).app, name="eval")
+app.command("infer")(__import__("iadr1.cli.infer", fromlist=["infer"]).infer)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,9 +38,9 @@ from iadr1.answers import parse
 from iadr1.data.annotations import PROBLEM_KINDS, Annotation, Problem, image_problem_kind, load_annotations
 from iadr1.data.convert import read_meta, split_of
 from iadr1.data.io import atomic_write_json, atomic_write_text, check_image, resolve_under
-from iadr1.data.schemas import QUESTION, GRPORecord, MetaEntry, SFTRecord, validate_record
+from iadr1.data.schemas import GRPORecord, MetaEntry, SFTRecord, validate_record
 from iadr1.errors import DataError
-from iadr1.prompts import FEW_SHOT_PREAMBLE, IMAGE_PLACEHOLDER, SFT_USER, TEST_INTRO, grpo_problem
+from iadr1.prompts import grpo_problem, user_text
 from iadr1.rewards.solution import validate_solution
 
 REPORT_NAME = "build_report.json"
@@ -179,11 +179,9 @@ def solution_text(anomalous: bool, location: str | None = None, type: str | None
 
 
 def sft_user_text(shots: int) -> str:
-    """PA-SFT user turn. One-shot: the few-shot preamble, the reference, the test-sample line, the query, the
-    question (the same order as the k-shot inference prompt, so training and inference prompts agree)."""
-    if shots == 0:
-        return SFT_USER
-    return f"{FEW_SHOT_PREAMBLE}\n{IMAGE_PLACEHOLDER}\n{TEST_INTRO}\n{IMAGE_PLACEHOLDER}\n{QUESTION}"
+    """PA-SFT user turn: `prompts.user_text`, the same text the k-shot inference prompt renders, so training and
+    inference prompts agree token for token. One-shot: preamble, reference, test-sample line, query, question."""
+    return user_text(shots)
 
 
 def sft_record(query: str, assistant: str, reference: str | None = None) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""File input/output: atomic writes, resumable JSONL appends, JSON reading with one-line errors, path safety, image checks."""
+"""File input/output: atomic writes, resumable JSONL appends, JSON reading with one-line errors, path safety,
+image checks."""
 
 from __future__ import annotations
 

@@ -163,7 +163,10 @@ def validate_record(model: type[R], obj: Any, source: str | os.PathLike, key: st
 
 
 def load_records(path: str | os.PathLike, model: type[R]) -> list[R]:
-    """Load a JSON list, a JSON dict of records, or JSON Lines into `model` instances, failing on the first bad record."""
+    """Load a JSON list, a JSON dict of records, or JSON Lines into `model` instances.
+
+    Fails on the first bad record with a one-line `DataError`.
+    """
     from iadr1.data.io import iter_jsonl
 
     path = Path(path)

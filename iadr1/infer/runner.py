@@ -1,0 +1,452 @@
+"""The resumable inference run behind `iadr1 infer` and `iadr1.infer.run_inference`.
+
+One JSON line per test image is appended (and fsynced) to the predictions file as each result arrives, so:
+
+- a rerun with the same options resumes: images already answered are skipped, nothing is written twice;
+  images recorded with an `error` (unreadable file, API failure) are tried again, their old line removed first;
+- a run killed with SIGKILL loses at most the lines in flight (a torn last line is cut on the next open);
+- an unreadable or missing image (query or reference) is recorded with `error` and never stops the run.
+
+Shards (`shard`, `num_shards`) split one test set for a cluster job array: shard I takes every N-th image
+starting at I (after `limit`), and writes `predictions.shard{I}of{N}.jsonl`, so that N jobs can share one
+output folder; `iadr1 eval` takes all the shard files at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from iadr1.answers import parse
+from iadr1.data.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, check_image, iter_jsonl
+from iadr1.data.io import resolve_under as _resolve_under
+from iadr1.data.schemas import Prediction, TestEntry, load_test_file
+from iadr1.errors import ConfigError, DataError
+from iadr1.infer.base import Backend, GenerationOptions, Request, Result
+from iadr1.prompts import GRAMMAR_SYSTEM_PROMPT, PromptStyle, inference_segments
+
+BackendName = Literal["vllm", "transformers", "openai"]
+MAX_IMAGES_PER_PROMPT = 10  # the published inference allowed up to 10 images per prompt
+
+
+class InferConfig(BaseModel):
+    """Every option of an inference run (CLI flags, YAML keys and `run_inference` keyword arguments alike)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(description="Checkpoint folder (vllm, transformers) or model name (openai).")
+    test_file: Path = Field(description="Benchmark test file (MMAD style JSON).")
+    image_root: Path = Field(description="Folder that the test file's image paths are relative to.")
+    out: Path = Field(description="Output folder for predictions*.jsonl and the run manifest.")
+    backend: BackendName = "transformers"
+    shots: int = Field(0, ge=0, le=MAX_IMAGES_PER_PROMPT - 1, description="K normal reference images per prompt.")
+    templates: Literal["random", "similar"] = "random"
+    prompt_style: PromptStyle = "iadr1"
+    system_prompt: bool = Field(False, description="Add the system prompt stating the output grammar.")
+    limit: int | None = Field(None, ge=1, description="Only the first N images of the test file.")
+    shard: int = Field(0, ge=0)
+    num_shards: int = Field(1, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1, description="Default 512 (openai: 600, as published).")
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = 0
+    logprobs: bool | None = Field(None, description="Compute P(yes). Default: on for vllm/transformers.")
+    # transformers
+    batch_size: int = Field(8, ge=1)
+    dtype: str = "auto"
+    device: str | None = None
+    max_pixels: int | None = Field(None, ge=28 * 28, description="Image pixel cap (Qwen families).")
+    # vllm
+    tensor_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    max_model_len: int | None = Field(8192, ge=256)
+    enforce_eager: bool = False
+    enable_prefix_caching: bool = True
+    queue_size: int = Field(1024, ge=1)
+    vllm_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vllm.LLM keyword arguments.")
+    # openai
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    retries: int = Field(5, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(60.0, ge=0)
+    max_side: int | None = Field(512, ge=0, description="Resize images to fit this side (openai; 0: never).")
+
+    @model_validator(mode="after")
+    def _check(self) -> InferConfig:
+        if self.shard >= self.num_shards:
+            n = self.num_shards
+            raise ValueError(f"shard {self.shard} is out of range for {n} shards (0..{n - 1})")
+        return self
+
+    @property
+    def predictions_path(self) -> Path:
+        return predictions_path(self.out, self.shard, self.num_shards)
+
+    def generation_options(self) -> GenerationOptions:
+        default_tokens = 600 if self.backend == "openai" else 512
+        logprobs = self.logprobs if self.logprobs is not None else self.backend != "openai"
+        return GenerationOptions(
+            max_new_tokens=self.max_new_tokens or default_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            prompt_style=self.prompt_style,
+            logprobs=logprobs,
+        )
+
+
+def predictions_path(out: str | os.PathLike, shard: int = 0, num_shards: int = 1) -> Path:
+    """`OUT/predictions.jsonl`, or `OUT/predictions.shard{I}of{N}.jsonl` for shard I of N."""
+    name = "predictions.jsonl" if num_shards == 1 else f"predictions.shard{shard}of{num_shards}.jsonl"
+    return Path(out) / name
+
+
+def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> InferConfig:
+    """Read a YAML (or JSON) config and apply overrides (None values are ignored); one-line errors."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        import yaml
+
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: malformed YAML ({str(e).splitlines()[0]})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: a config file is a mapping of option: value")
+        data = {str(k).replace("-", "_"): v for k, v in (loaded or {}).items()}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return InferConfig.model_validate(data)
+    except ValidationError as e:
+        where = f"{path}: " if path else ""
+        errors = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")  # typos first
+        err = errors[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"{where}unknown option {loc!r}") from None
+        raise ConfigError(f"{where}option {loc!r}: {err['msg']}".replace("Value error, ", "")) from None
+
+
+class InferenceSummary(BaseModel):
+    """What a run did. `accuracy` is over this run's answered images (quick look; `iadr1 eval` is the metric)."""
+
+    predictions: Path
+    manifest: Path
+    selected: int = Field(description="Images of this shard (after --limit).")
+    skipped: int = Field(description="Already answered by an earlier run.")
+    written: int
+    errors: int
+    yes: int
+    no: int
+    unanswered: int
+    accuracy: float | None
+    elapsed_s: float
+    images_per_s: float
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building requests
+# ---------------------------------------------------------------------------------------------------------------
+def select_entries(entries: dict[str, TestEntry], limit: int | None, shard: int, num_shards: int) -> list[str]:
+    """Keys of this shard, in test-file order: the first `limit` images, then every `num_shards`-th from `shard`."""
+    keys = list(entries)[:limit] if limit else list(entries)
+    return keys[shard::num_shards]
+
+
+def build_request(key: str, entry: TestEntry, cfg: InferConfig) -> Request | str:
+    """The request for one test image, or a one-line description of why it cannot be made."""
+    refs = entry.random_templates if cfg.templates == "random" else entry.similar_templates
+    if len(refs) < cfg.shots:
+        return f"{cfg.shots}-shot needs {cfg.shots} {cfg.templates}_templates, the test file has {len(refs)}"
+    paths: list[Path] = []
+    for i, rel in enumerate([*refs[: cfg.shots], entry.image_path]):
+        role = "query image" if i == cfg.shots else f"reference image {rel}"
+        try:
+            p = _resolve_under(cfg.image_root, rel, what=role)
+        except DataError as e:
+            return str(e)
+        problem = check_image(p)
+        if problem:
+            return f"{role}: {problem}"
+        paths.append(p)
+    return Request(
+        key=key,
+        segments=tuple(inference_segments(cfg.shots, cfg.prompt_style)),
+        images=tuple(paths),
+        system=GRAMMAR_SYSTEM_PROMPT if cfg.system_prompt else None,
+    )
+
+
+def make_backend(cfg: InferConfig) -> Backend:
+    """Construct the configured backend (loads the model)."""
+    opts = cfg.generation_options()
+    if cfg.backend == "transformers":
+        from iadr1.infer.transformers_backend import TransformersBackend
+
+        return TransformersBackend(
+            cfg.model, opts, batch_size=cfg.batch_size, dtype=cfg.dtype, device=cfg.device, max_pixels=cfg.max_pixels
+        )
+    if cfg.backend == "vllm":
+        from iadr1.infer.vllm_backend import VLLMBackend
+
+        return VLLMBackend(
+            cfg.model,
+            opts,
+            dtype=cfg.dtype,
+            max_pixels=cfg.max_pixels,
+            max_images=cfg.shots + 1,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            data_parallel_size=cfg.data_parallel_size,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            max_model_len=cfg.max_model_len,
+            enforce_eager=cfg.enforce_eager,
+            queue_size=cfg.queue_size,
+            **cfg.vllm_kwargs,
+        )
+    from iadr1.infer.openai_backend import OpenAIBackend
+
+    return OpenAIBackend(
+        cfg.model,
+        opts,
+        base_url=cfg.base_url,
+        api_key_env=cfg.api_key_env,
+        concurrency=cfg.concurrency,
+        timeout_s=cfg.timeout_s,
+        retries=cfg.retries,
+        backoff_s=cfg.backoff_s,
+        backoff_max_s=cfg.backoff_max_s,
+        max_side=cfg.max_side or None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resume
+# ---------------------------------------------------------------------------------------------------------------
+def _read_done(path: Path, cfg: InferConfig, selected: set[str]) -> set[str]:
+    """Images already answered in `path`. Error lines of selected images are dropped (they will be retried).
+
+    A file written with another prompt style or shot count is refused: mixing them would corrupt the metric.
+    """
+    if not path.exists():
+        return set()
+    keep: list[Any] = []
+    done: set[str] = set()
+    dropped = 0
+    for lineno, obj in iter_jsonl(path):
+        try:
+            rec = Prediction.model_validate(obj)
+        except ValidationError as e:
+            raise DataError(f"{path}: line {lineno} is not a prediction record ({e.errors()[0]['msg']})") from None
+        if rec.prompt_style != cfg.prompt_style or rec.shots != cfg.shots:
+            raise ConfigError(
+                f"{path} holds predictions with prompt style {rec.prompt_style!r}, {rec.shots}-shot; this run is "
+                f"{cfg.prompt_style!r}, {cfg.shots}-shot: use another --out folder"
+            )
+        if rec.image in done:
+            dropped += 1  # a duplicate (should not happen): keep the first answer only
+            continue
+        if rec.error is not None and rec.image in selected:
+            dropped += 1
+            continue
+        if rec.error is None:
+            done.add(rec.image)
+        keep.append(obj)
+    if dropped:
+        atomic_write_jsonl(path, keep)
+    return done
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------------
+def _record(key: str, cfg: InferConfig, result: Result) -> dict[str, Any]:
+    answer = parse(result.raw) if result.error is None else parse(None)
+    rec = Prediction(
+        image=key,
+        prompt_style=cfg.prompt_style,
+        shots=cfg.shots,
+        raw=result.raw,
+        answer=answer.answer,
+        letter=answer.letter,
+        p_yes=None if result.p_yes is None else round(float(result.p_yes), 6),
+        latency_s=None if result.latency_s is None else round(result.latency_s, 4),
+        error=result.error,
+    )
+    return rec.to_json()
+
+
+def run_inference(
+    config: InferConfig | None = None,
+    *,
+    engine: Backend | None = None,
+    progress: bool = True,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    **options: Any,
+) -> InferenceSummary:
+    """Run inference over a test file and append predictions; returns a summary (output path included).
+
+    Pass an `InferConfig`, or its fields as keyword arguments:
+
+        run_inference(model="ckpt/", test_file="test_SYNTH_format.json", image_root="images", out="runs/x",
+                      backend="transformers", shots=1)
+
+    `engine` reuses an already constructed backend (the demo, tests); otherwise the configured one is built, and
+    only if some image is left to answer.
+    """
+    cfg = config if config is not None else load_config(None, **options)
+    t_start = time.perf_counter()
+    entries = load_test_file(cfg.test_file)
+    keys = select_entries(entries, cfg.limit, cfg.shard, cfg.num_shards)
+    out_path = cfg.predictions_path
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    done = _read_done(out_path, cfg, set(keys))
+    todo = [k for k in keys if k not in done]
+    counts: Counter[str] = Counter()
+    n_correct = n_scored = 0
+
+    with JsonlAppender(out_path) as sink, _progress(progress, len(todo)) as advance:
+
+        def write(key: str, result: Result) -> None:
+            nonlocal n_correct, n_scored
+            rec = _record(key, cfg, result)
+            sink.write(rec)
+            counts["written"] += 1
+            if rec["error"]:
+                counts["errors"] += 1
+            else:
+                counts[{"A": "yes", "B": "no"}.get(rec["letter"], "unanswered")] += 1
+                n_scored += 1
+                n_correct += rec["letter"] == entries[key].conversation[0].Answer
+            if on_record is not None:
+                on_record(rec)
+            advance()
+
+        def requests() -> Iterator[Request]:
+            # Lazy: images are checked as the backend asks for work; bad ones are recorded on the spot.
+            for key in todo:
+                req = build_request(key, entries[key], cfg)
+                if isinstance(req, str):
+                    write(key, Result(error=req))
+                else:
+                    yield req
+
+        stream = requests()
+        first = next(stream, None)  # build the engine only if there is something to run
+        if first is not None:
+            own = engine is None
+            runner = make_backend(cfg) if engine is None else engine
+            try:
+                for req, result in runner.generate(_chain(first, stream)):
+                    write(req.key, result)
+            finally:
+                if own:
+                    runner.close()
+
+    elapsed = time.perf_counter() - t_start
+    summary = InferenceSummary(
+        predictions=out_path,
+        manifest=out_path.with_suffix(".run.json"),
+        selected=len(keys),
+        skipped=len(keys) - len(todo),
+        written=counts["written"],
+        errors=counts["errors"],
+        yes=counts["yes"],
+        no=counts["no"],
+        unanswered=counts["unanswered"],
+        accuracy=(n_correct / n_scored) if n_scored else None,
+        elapsed_s=round(elapsed, 3),
+        images_per_s=round(counts["written"] / elapsed, 3) if elapsed > 0 else 0.0,
+    )
+    _write_manifest(cfg, summary)
+    return summary
+
+
+def _chain(first: Request, rest: Iterator[Request]) -> Iterator[Request]:
+    yield first
+    yield from rest
+
+
+def _write_manifest(cfg: InferConfig, summary: InferenceSummary) -> None:
+    """`predictions*.run.json`: the options and versions of the last run on this file (no secrets: the API key
+    is only ever named by its environment variable)."""
+    from iadr1 import __version__
+
+    payload = {
+        "iadr1": __version__,
+        "config": json.loads(cfg.model_dump_json()),
+        "summary": json.loads(summary.model_dump_json()),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_json(summary.manifest, payload, indent=2)
+
+
+class _progress:
+    """A rich progress bar with images/s, or a no-op; the context value is the `advance()` callable."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total, self._p = enabled, total, None
+
+    def __enter__(self) -> Callable[[], None]:
+        if not self.enabled or self.total == 0:
+            return lambda: None
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.text import Text
+
+        class _Rate(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                speed = task.finished_speed or task.speed
+                return Text(f"{speed:.2f} img/s" if speed else "-- img/s", style="cyan")
+
+        self._p = Progress(
+            TextColumn("[bold]infer"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _Rate(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._p.start()
+        task = self._p.add_task("infer", total=self.total)
+        return lambda: self._p.advance(task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._p is not None:
+            self._p.stop()
+
+
+__all__ = [
+    "InferConfig",
+    "InferenceSummary",
+    "build_request",
+    "load_config",
+    "make_backend",
+    "predictions_path",
+    "run_inference",
+    "select_entries",
+]

