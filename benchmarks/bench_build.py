@@ -71,9 +71,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50_000, help="number of images")
     ap.add_argument("--size", type=int, default=32, help="image side in pixels")
     ap.add_argument("--workers", type=int, default=None, help="image-check processes (default: CPU count)")
-    ap.add_argument(
-        "--dir", type=Path, default=None, help="where to write the dataset (default: a temp folder)"
-    )
+    ap.add_argument("--dir", type=Path, default=None, help="where to write the dataset (default: a temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the generated dataset")
     args = ap.parse_args()
 
@@ -81,10 +79,7 @@ def main() -> None:
     try:
         t = time.perf_counter()
         images, meta, anns = make_dataset(root, args.n, args.size)
-        print(
-            f"generated {args.n} images of {args.size}x{args.size} px "
-            f"in {time.perf_counter() - t:.1f} s ({root})"
-        )
+        print(f"generated {args.n} images of {args.size}x{args.size} px in {time.perf_counter() - t:.1f} s ({root})")
         paths = sorted(images.rglob("*.png"))
         workers = args.workers or os.cpu_count() or 1
 

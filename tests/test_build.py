@@ -283,22 +283,12 @@ def test_bad_annotation_records(tree, tmp_path):
     lines = [
         json.dumps({"image": "D/a/train/scratch/004.png", "reasoning": 5, "location": "top", "type": "Hole"}),
         "{not json",
-        json.dumps(
-            {"image": "D/a/train/scratch/005.png", "reasoning": "ok", "location": ["top"], "type": "Hole"}
-        ),
-        json.dumps(
-            {"image": "D/a/train/scratch/006.png", "reasoning": "a </think> b", "location": "x", "type": "y"}
-        ),
-        json.dumps(
-            {"image": "D/b/train/scratch/004.png", "reasoning": "fine", "type": "Hole"}
-        ),  # no location
+        json.dumps({"image": "D/a/train/scratch/005.png", "reasoning": "ok", "location": ["top"], "type": "Hole"}),
+        json.dumps({"image": "D/a/train/scratch/006.png", "reasoning": "a </think> b", "location": "x", "type": "y"}),
+        json.dumps({"image": "D/b/train/scratch/004.png", "reasoning": "fine", "type": "Hole"}),  # no location
         json.dumps({"image": "/abs/x.png", "reasoning": "r"}),
-        json.dumps(
-            {"image": "D/b/train/scratch/005.png", "reasoning": "fine", "location": "top", "type": "Hole"}
-        ),
-        json.dumps(
-            {"image": "D/b/train/scratch/005.png", "reasoning": "again", "location": "top", "type": "Hole"}
-        ),
+        json.dumps({"image": "D/b/train/scratch/005.png", "reasoning": "fine", "location": "top", "type": "Hole"}),
+        json.dumps({"image": "D/b/train/scratch/005.png", "reasoning": "again", "location": "top", "type": "Hole"}),
     ]
     anns.write_text("\n".join(lines) + "\n")
     loaded, problems = load_annotations(anns)
@@ -362,9 +352,7 @@ def test_validate_images_pool_matches_serial(tmp_path):
     paths[17].write_bytes(paths[17].read_bytes()[:60])
     paths.append(tmp_path / "gone.png")
     seen = []
-    pooled = validate_images(
-        paths, workers=2, min_parallel=0, chunk=8, on_progress=lambda s, d, t: seen.append(d)
-    )
+    pooled = validate_images(paths, workers=2, min_parallel=0, chunk=8, on_progress=lambda s, d, t: seen.append(d))
     assert pooled == validate_images(paths, workers=1)
     assert set(pooled) == {str(paths[3]), str(paths[17]), str(tmp_path / "gone.png")}
     assert seen[0] == 0 and seen[-1] == 41 and seen == sorted(seen)

@@ -85,9 +85,7 @@ def test_solutions_of_any_shape_never_raise(text, solution):
 
 # The published regexes, which the linear-time functions must reproduce exactly.
 PUBLISHED_TAG = {n: re.compile(rf"<{n}>(.*?)</{n}>") for n in ("think", "location", "type", "answer")}
-PUBLISHED_DEFECT = re.compile(
-    r"<think>.*?</think><location>.*?</location><type>.*?</type><answer>.*?</answer>"
-)
+PUBLISHED_DEFECT = re.compile(r"<think>.*?</think><location>.*?</location><type>.*?</type><answer>.*?</answer>")
 PUBLISHED_NORMAL = re.compile(r"<think>.*?</think><answer>.*?</answer>")
 TIGHT = st.lists(
     st.sampled_from(["<think>", "</think>", "<location>", "</location>", "<type>", "</type>", "<answer>",

@@ -66,8 +66,13 @@ def test_malformed_json_names_file_and_line(tmp_path):
 
 
 def test_records_jsonl_and_json(tmp_path):
-    sft = {"images": ["r.png", "q.png"], "messages": [{"role": "user", "content": "<image>\nQ"},
-                                                      {"role": "assistant", "content": "<answer>No</answer>"}]}
+    sft = {
+        "images": ["r.png", "q.png"],
+        "messages": [
+            {"role": "user", "content": "<image>\nQ"},
+            {"role": "assistant", "content": "<answer>No</answer>"},
+        ],
+    }
     io.atomic_write_jsonl(tmp_path / "s.jsonl", [sft, sft])
     assert len(load_records(tmp_path / "s.jsonl", SFTRecord)) == 2
     io.atomic_write_json(tmp_path / "g.json", [{"id": "1", "image": "q.png", "problem": "p", "solution": 3}])

@@ -51,9 +51,7 @@ def test_files_exist_and_load_through_schemas(ds):
     assert sorted(meta) == sorted(CLASSES)
     entries = [e for es in meta.values() for e in es]
     splits = [split_of(e) for e in entries]
-    assert (
-        splits.count("train") == N_TRAIN and splits.count("test") == N_TEST and splits.count("template") == 16
-    )
+    assert splits.count("train") == N_TRAIN and splits.count("test") == N_TEST and splits.count("template") == 16
     for e in entries:
         assert (ds.image_root / e.img_path).is_file() and e.img_path.startswith(f"{ds.dataset}/{e.cls_name}/")
         with Image.open(ds.image_root / e.img_path) as im:
@@ -93,10 +91,7 @@ def test_masks_and_annotations_match_what_was_drawn(ds):
             continue
         mask = np.asarray(Image.open(ds.image_root / e.mask_path)) > 127
         assert mask.shape == (SIZE, SIZE) and mask.any(), e.mask_path
-        assert (
-            e.mask_path
-            == f"{ds.dataset}/{e.cls_name}/ground_truth/{e.specie_name}/{Path(e.img_path).stem}_mask.png"
-        )
+        assert e.mask_path == f"{ds.dataset}/{e.cls_name}/ground_truth/{e.specie_name}/{Path(e.img_path).stem}_mask.png"
         # Location word = the 3x3 cell of the mask centroid, read back with the reward's own rule.
         assert location_cell(ann.location, strict=True) == _cell(mask), (e.img_path, ann.location)
         assert ann.type == DEFECT_TYPES[e.specie_name]
@@ -163,9 +158,7 @@ def test_defect_rate_is_exact_per_class():
 
 
 def test_deterministic_files_and_defect_rate_option(ds, tmp_path):
-    again = make_dataset(
-        tmp_path / "again", n_train=N_TRAIN, n_test=N_TEST, size=SIZE, seed=SEED, val_fraction=0.25
-    )
+    again = make_dataset(tmp_path / "again", n_train=N_TRAIN, n_test=N_TEST, size=SIZE, seed=SEED, val_fraction=0.25)
     files_a = sorted(p.relative_to(ds.root) for p in ds.root.rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(again.root) for p in again.root.rglob("*") if p.is_file())
     assert files_a == files_b

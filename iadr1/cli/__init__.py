@@ -9,7 +9,13 @@ import sys
 import typer
 
 from iadr1 import __version__
+from iadr1.cli import build_data as _build_data
+from iadr1.cli import convert as _convert
+from iadr1.cli import demo as _demo
 from iadr1.cli import env as _env
+from iadr1.cli import eval as _eval
+from iadr1.cli import infer as _infer
+from iadr1.cli import train as _train
 from iadr1.errors import IADR1Error
 
 app = typer.Typer(
@@ -42,11 +48,16 @@ app.command("env", help="Print versions of Python, torch, transformers, trl, pef
     _env.env
 )
 
-# Subcommands register here, one line each, as their modules land.
-app.command("build-data")(__import__("iadr1.cli.build_data", fromlist=["build_data"]).build_data)
-app.command("convert")(__import__("iadr1.cli.convert", fromlist=["convert"]).convert)
-app.add_typer(__import__("iadr1.cli.eval", fromlist=["app"]).app, name="eval")
-app.command("infer")(__import__("iadr1.cli.infer", fromlist=["infer"]).infer)
+# Subcommands register here, one line each. Command modules import torch, transformers and vLLM only inside their
+# functions, so importing them here keeps `iadr1 --help` instant.
+app.command("convert")(_convert.convert)
+app.command("build-data")(_build_data.build_data)
+app.command("sft")(_train.sft)
+app.command("grpo")(_train.grpo)
+app.command("merge")(_train.merge)
+app.command("infer")(_infer.infer)
+app.add_typer(_eval.app, name="eval")
+app.command("demo")(_demo.demo)
 
 
 def main(argv: list[str] | None = None) -> None:

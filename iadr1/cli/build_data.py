@@ -19,9 +19,7 @@ _SHOWN_PROBLEMS = 10
 
 
 def build_data(
-    meta: Path | None = typer.Option(
-        None, "--meta", "-m", help="meta.json listing the images (AnomalyCLIP style)."
-    ),
+    meta: Path | None = typer.Option(None, "--meta", "-m", help="meta.json listing the images (AnomalyCLIP style)."),
     annotations: Path | None = typer.Option(
         None, "--annotations", "-a", help="Annotations (JSON or JSONL): per image reasoning, location, type."
     ),
@@ -30,12 +28,8 @@ def build_data(
         "--image-root",
         help="Folder the meta.json paths are relative to (default: the meta.json's folder).",
     ),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Output folder for the training files and report."
-    ),
-    shots: list[int] = typer.Option(
-        [0], "--shots", "-k", help="0 (zero-shot) and/or 1 (one reference); repeatable."
-    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder for the training files and report."),
+    shots: list[int] = typer.Option([0], "--shots", "-k", help="0 (zero-shot) and/or 1 (one reference); repeatable."),
     seed: int = typer.Option(
         0, "--seed", help="Seed of record order, validation split, reference draw, synthetic data."
     ),
@@ -47,21 +41,13 @@ def build_data(
         "--split",
         help="Use only meta entries of this split (train, test, template); repeatable. Default: all.",
     ),
-    strict: bool = typer.Option(
-        False, "--strict", help="Fail on any problem instead of skipping and recording it."
-    ),
-    workers: int | None = typer.Option(
-        None, "--workers", min=1, help="Image-check processes (default: CPU count)."
-    ),
-    compat: bool = typer.Option(
-        False, "--compat", help="GRPO problem text exactly as the original (no space)."
-    ),
+    strict: bool = typer.Option(False, "--strict", help="Fail on any problem instead of skipping and recording it."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Image-check processes (default: CPU count)."),
+    compat: bool = typer.Option(False, "--compat", help="GRPO problem text exactly as the original (no space)."),
     synthetic: Path | None = typer.Option(
         None, "--synthetic", help="Write the embedded synthetic demo dataset into this folder instead."
     ),
-    n_train: int = typer.Option(
-        200, "--n-train", help="Synthetic: training images (spread over the classes)."
-    ),
+    n_train: int = typer.Option(200, "--n-train", help="Synthetic: training images (spread over the classes)."),
     n_test: int = typer.Option(80, "--n-test", help="Synthetic: held-out test images."),
     size: int = typer.Option(96, "--size", help="Synthetic: image side in pixels."),
     defect_rate: float = typer.Option(0.5, "--defect-rate", help="Synthetic: fraction of defective images."),
@@ -77,9 +63,7 @@ def build_data(
     console = Console()
     if synthetic is not None:
         if meta is not None or annotations is not None or out is not None:
-            raise ConfigError(
-                "--synthetic writes its own meta, annotations and files: drop --meta/--annotations/--out"
-            )
+            raise ConfigError("--synthetic writes its own meta, annotations and files: drop --meta/--annotations/--out")
         _synthetic(console, synthetic, n_train, n_test, size, defect_rate, seed, val_fraction)
         return
     if meta is None or out is None:
@@ -187,9 +171,7 @@ def render_summary(console: Console, result: BuildResult) -> None:
     for col in ("class", "normal", "anomalous", "skipped"):
         t.add_column(col, justify="left" if col == "class" else "right")
     for cls, c in result.per_class.items():
-        t.add_row(
-            cls, str(c["normal"]), str(c["anomalous"]), f"[red]{c['skipped']}[/]" if c["skipped"] else "0"
-        )
+        t.add_row(cls, str(c["normal"]), str(c["anomalous"]), f"[red]{c['skipped']}[/]" if c["skipped"] else "0")
     console.print(t)
     if result.problems:
         p = Table(title=f"problems ({len(result.problems)}, skipped and recorded)")

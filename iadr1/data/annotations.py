@@ -140,11 +140,7 @@ def _raw_records(path: Path) -> list[tuple[str, Any]]:
         return [
             (
                 k,
-                (
-                    {"image": k, **v}
-                    if isinstance(v, dict) and "image" not in v and "img_path" not in v
-                    else v
-                ),
+                ({"image": k, **v} if isinstance(v, dict) and "image" not in v and "img_path" not in v else v),
             )
             for k, v in obj.items()
         ]
@@ -173,9 +169,7 @@ def load_annotations(path: str | os.PathLike) -> tuple[dict[str, Annotation], li
     problems: list[Problem] = []
     for key, raw in _raw_records(path):
         if isinstance(raw, _BadLine):
-            problems.append(
-                Problem("malformed_annotation", f"{path.name}:{key}", f"{path}: record {key!r}: {raw.why}")
-            )
+            problems.append(Problem("malformed_annotation", f"{path.name}:{key}", f"{path}: record {key!r}: {raw.why}"))
             continue
         if isinstance(raw, dict) and "image" not in raw and "img_path" in raw:
             raw = {**raw, "image": raw["img_path"]}

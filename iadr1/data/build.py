@@ -160,9 +160,7 @@ def generic_reasoning(cls_name: str, img_path: str) -> str:
     return _GENERIC_REASONING[h % len(_GENERIC_REASONING)].format(cls=cls_name.replace("_", " "))
 
 
-def assistant_text(
-    reasoning: str, anomalous: bool, location: str | None = None, type: str | None = None
-) -> str:
+def assistant_text(reasoning: str, anomalous: bool, location: str | None = None, type: str | None = None) -> str:
     """`<think>…</think>[<location>…</location><type>…</type>]<answer>Yes|No</answer>` (REFERENCE.md section
     1)."""
     return f"<think>{reasoning}</think>" + solution_text(anomalous, location, type)
@@ -424,9 +422,7 @@ def build_data(
         atomic_write_json(report_path, report, indent=2)
         first = problems[0]
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise DataError(
-            f"{first.kind.replace('_', ' ')}: {first.detail}{more}; nothing written, report: {report_path}"
-        )
+        raise DataError(f"{first.kind.replace('_', ' ')}: {first.detail}{more}; nothing written, report: {report_path}")
     for name, records in written.items():
         path = out_dir / f"{name}.json"
         _check_written(records, path, "sft" if name.startswith("sft") else "grpo")
@@ -453,9 +449,7 @@ def _rel(path: str | os.PathLike, start: Path) -> str:
         return os.fspath(path)
 
 
-_IMAGE_KINDS = frozenset(
-    {"missing_image", "unreadable_image", "empty_image", "not_an_image", "corrupt_image"}
-)
+_IMAGE_KINDS = frozenset({"missing_image", "unreadable_image", "empty_image", "not_an_image", "corrupt_image"})
 assert set(PROBLEM_KINDS) >= _IMAGE_KINDS
 
 

@@ -93,8 +93,7 @@ _NORMAL_ENDINGS = (
     "Every part of the image looks like the rest of the surface; nothing is broken, missing, discoloured "
     "or out of "
     "place. There is no defect.",
-    "I inspect each region of the image and find only the normal appearance of the material. "
-    "No defect is present.",
+    "I inspect each region of the image and find only the normal appearance of the material. No defect is present.",
 )
 _COIN_INTRO_NORMAL_EXTRA = "Its outline is complete and round."
 
@@ -131,9 +130,7 @@ def _coins() -> tuple[tuple[float, float, float], ...]:
     lab = measure.label(_coin_mask())
     regions = [r for r in measure.regionprops(lab) if r.area > 400]
     regions.sort(key=lambda r: (round(r.centroid[0] / 40), r.centroid[1]))  # row by row, stable
-    return tuple(
-        (float(r.centroid[0]), float(r.centroid[1]), float(r.equivalent_diameter_area)) for r in regions
-    )
+    return tuple((float(r.centroid[0]), float(r.centroid[1]), float(r.equivalent_diameter_area)) for r in regions)
 
 
 def _split_code(split: str) -> int:
@@ -143,14 +140,10 @@ def _split_code(split: str) -> int:
 def _resize(a: np.ndarray, size: int) -> np.ndarray:
     from skimage.transform import resize
 
-    return resize(a, (size, size), order=1, anti_aliasing=a.shape[0] > size, preserve_range=True).astype(
-        np.float32
-    )
+    return resize(a, (size, size), order=1, anti_aliasing=a.shape[0] > size, preserve_range=True).astype(np.float32)
 
 
-def _texture_tile(
-    cls: str, split: str, size: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray | None]:
+def _texture_tile(cls: str, split: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
     """A gray tile from the split's part of the photograph (train: left 5/8; test, template: right 3/8)."""
     photo = _photo(cls)
     h, w = photo.shape
@@ -218,9 +211,7 @@ def _stroke_alpha(points: np.ndarray, size: int, width: float) -> np.ndarray:
     return np.clip(width / 2 + 0.5 - dist, 0.0, 1.0).astype(np.float32)
 
 
-def _blob(
-    size: int, cy: float, cx: float, r: float, rng: np.random.Generator, elong: float = 1.0
-) -> np.ndarray:
+def _blob(size: int, cy: float, cx: float, r: float, rng: np.random.Generator, elong: float = 1.0) -> np.ndarray:
     """A soft irregular blob in [0, 1]: an elliptical falloff roughened by smoothed noise (>0.5 = inside)."""
     from scipy import ndimage as ndi
 
@@ -291,9 +282,7 @@ def _scratch(img: np.ndarray, k: _Ctx) -> tuple[np.ndarray, np.ndarray, str]:
     color = np.clip(base + (0.55 if bright else -0.5) * k.c, 0, 1) if bright else base * (1 - 0.75 * k.c)
     out = _blend(img, np.broadcast_to(color, img.shape), alpha)
     deg = np.degrees(th) % 180
-    direction = (
-        "vertically" if deg < 22 or deg > 158 else ("horizontally" if 68 < deg < 112 else "diagonally")
-    )
+    direction = "vertically" if deg < 22 or deg > 158 else ("horizontally" if 68 < deg < 112 else "diagonally")
     shape = "slightly curved" if abs(bend).max() > 0.06 * length else "straight"
     desc = (
         f"a thin {'bright' if bright else 'dark'} {shape} line about {int(length)} pixels long "
@@ -520,9 +509,7 @@ def _abrasion(img: np.ndarray, k: _Ctx) -> tuple[np.ndarray, np.ndarray, str]:
     yy, xx = _grid(n)
     th = rng.uniform(0, np.pi)
     scuffs = 0.5 + 0.5 * np.sin((xx * np.cos(th) + yy * np.sin(th)) * rng.uniform(1.2, 2.0))
-    worn = np.clip(
-        blurred * 0.8 + 0.2 * blurred.mean(-1, keepdims=True) + 0.12 + 0.08 * scuffs[..., None], 0, 1
-    )
+    worn = np.clip(blurred * 0.8 + 0.2 * blurred.mean(-1, keepdims=True) + 0.12 + 0.08 * scuffs[..., None], 0, 1)
     alpha = np.clip(f * 1.6 - 0.3, 0, 1) * (0.5 + 0.5 * k.c)
     out = _blend(img, worn, alpha)
     mask = f > 0.5
@@ -584,8 +571,21 @@ class Sample:
         return self.specie != "good"
 
 
-def make_sample(cls: str, split: str, index: int, specie: str, size: int = 96, seed: int = 0) -> Sample:
-    """Generate one image of `cls` (normal when `specie` is "good"); a pure function of its arguments."""
+def make_sample(
+    cls: str,
+    split: str,
+    index: int,
+    specie: str,
+    size: int = 96,
+    seed: int = 0,
+    contrast: tuple[float, float] = (0.35, 1.0),
+    scale: tuple[float, float] = (0.7, 1.3),
+) -> Sample:
+    """Generate one image of `cls` (normal when `specie` is "good"); a pure function of its arguments.
+
+    A defect's strength and size are drawn uniformly from `contrast` and `scale` (relative units, 1.0 a
+    clearly visible defect of medium size); raise their lower ends for easier data (the demo preset).
+    """
     if cls not in _TINTS:
         raise ConfigError(f"unknown synthetic class {cls!r}; choose from {', '.join(CLASSES)}")
     rng = np.random.default_rng([seed, _split_code(split), CLASSES.index(cls), index])
@@ -608,13 +608,11 @@ def make_sample(cls: str, split: str, index: int, specie: str, size: int = 96, s
     if specie == "good":
         extra = f" {_COIN_INTRO_NORMAL_EXTRA}" if cls == "coins" else ""
         ending = _NORMAL_ENDINGS[int(rng.integers(0, len(_NORMAL_ENDINGS)))]
-        return Sample(
-            cls, split, index, specie, clean, clean, np.zeros((size, size), bool), f"{intro}{extra} {ending}"
-        )
+        return Sample(cls, split, index, specie, clean, clean, np.zeros((size, size), bool), f"{intro}{extra} {ending}")
     if specie not in _DRAW:
         raise ConfigError(f"unknown defect {specie!r}; choose from {', '.join(SPECIES)}")
 
-    contrast, scale = float(rng.uniform(0.35, 1.0)), float(rng.uniform(0.7, 1.3))
+    contrast, scale = float(rng.uniform(*contrast)), float(rng.uniform(*scale))
     best: tuple[float, np.ndarray, np.ndarray, str, float, float] | None = None
     # A defect drawn where it cannot be seen (a swirl inside a flat brick face) would be a wrong label: redraw
     # at another place until the masked pixels change visibly, keeping the most visible attempt.
@@ -738,12 +736,15 @@ def make_dataset(
     dataset: str = DATASET,
     val_fraction: float = 0.0,
     on_progress: Callable[[str, int, int], None] | None = None,
+    contrast: tuple[float, float] = (0.35, 1.0),
+    scale: tuple[float, float] = (0.7, 1.3),
 ) -> SyntheticDataset:
     """Write the demo dataset into `out_dir` (layout in the module docstring) and return its paths.
 
     `n_train`/`n_test` images are spread evenly over `classes`, a fraction `defect_rate` of each class's
     images defective (exactly rounded); `templates` normal references per class; `size` the square image side
-    in pixels (at least 48). The training files are built with `iadr1.data.build.build_data` (zero- and
+    in pixels (at least 48); `contrast` and `scale` the ranges of defect strength and size (see
+    `make_sample`). The training files are built with `iadr1.data.build.build_data` (zero- and
     one-shot, optional validation split); the test file with `iadr1.data.convert.build_test_file`.
     """
     from iadr1.data.build import BuildConfig, build_data
@@ -759,11 +760,12 @@ def make_dataset(
     if not 0.0 <= defect_rate <= 1.0:
         raise ConfigError(f"defect_rate must be between 0 and 1, got {defect_rate}")
     if n_train < 2 * len(classes) or n_test < len(classes):
-        raise ConfigError(
-            f"need n_train >= {2 * len(classes)} and n_test >= {len(classes)} for {len(classes)} classes"
-        )
+        raise ConfigError(f"need n_train >= {2 * len(classes)} and n_test >= {len(classes)} for {len(classes)} classes")
     if templates < 1:
         raise ConfigError(f"templates must be at least 1, got {templates}")
+    for name, (lo, hi) in (("contrast", contrast), ("scale", scale)):
+        if not 0.0 < lo <= hi:
+            raise ConfigError(f"{name} must be a range (low, high) with 0 < low <= high, got {(lo, hi)}")
     if defect_rate >= 1.0:
         raise ConfigError("defect_rate 1.0 leaves no normal training image for one-shot references; use < 1")
 
@@ -793,7 +795,7 @@ def make_dataset(
             i_split = seen[cls] = seen.get(cls, -1) + 1
             idx = next_index[cls]
             next_index[cls] += 1
-            smp = make_sample(cls, split, i_split, specie, size, seed)
+            smp = make_sample(cls, split, i_split, specie, size, seed, contrast, scale)
             name = f"{idx:04d}.png"
             folder = "template" if split == "template" else f"{split}/{specie}"
             rel = f"{dataset}/{cls}/{folder}/{name}"
@@ -811,9 +813,7 @@ def make_dataset(
 
     meta = scan_layout("folder", image_root, dataset)
     meta_path = write_meta(meta, root / "meta.json")
-    ann_path = atomic_write_text(
-        root / "annotations.jsonl", "".join(json.dumps(a) + "\n" for a in annotations)
-    )
+    ann_path = atomic_write_text(root / "annotations.jsonl", "".join(json.dumps(a) + "\n" for a in annotations))
     test_path = dump_test_file(
         build_test_file(meta, image_root, templates=templates, seed=seed, dataset=dataset, workers=1),
         root / f"test_{dataset}_format.json",
@@ -823,9 +823,7 @@ def make_dataset(
         ann_path,
         image_root,
         root,
-        BuildConfig(
-            shots=[0, 1], seed=seed, val_fraction=val_fraction, splits=["train"], strict=True, workers=1
-        ),
+        BuildConfig(shots=[0, 1], seed=seed, val_fraction=val_fraction, splits=["train"], strict=True, workers=1),
         on_progress=on_progress,
     )
     counts = {
@@ -849,6 +847,8 @@ def make_dataset(
                 "templates": templates,
                 "classes": list(classes),
                 "val_fraction": val_fraction,
+                "contrast": list(contrast),
+                "scale": list(scale),
             },
             "counts": counts,
             "types": DEFECT_TYPES,

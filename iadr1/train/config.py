@@ -1,0 +1,414 @@
+"""Training configurations: one pydantic model per stage, loaded from YAML, overridden from the command line.
+
+Precedence, lowest first: the model defaults (the published settings of REFERENCE.md section 5 where one
+exists), a packaged recipe (`--recipe qwen2-vl-2b`), a YAML file (`--config run.yaml`), then command-line
+options. The resolved config is written to `<output_dir>/iadr1_config.yaml` so that a run can be repeated
+exactly:
+
+    cfg = load_config(SFTRunConfig, recipe="qwen2-vl-2b", overrides={"model": "ckpt/qwen2-vl-2b", ...})
+    iadr1 sft --config runs/sft/iadr1_config.yaml      # the same run again
+
+Names are the CLI's (`lr`, `epochs`, `batch_size`); `to_trl_kwargs` maps them onto TRL's
+`SFTConfig`/`GRPOConfig`, and `trl_args` passes any other TRL/transformers option through unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from iadr1.errors import ConfigError
+
+CONFIG_FILENAME = "iadr1_config.yaml"
+DEEPSPEED_TEMPLATES = ("zero2", "zero3")
+# 512x512 px: the PA-SFT image cap of the published runs; GRPO used max_pixels 480000.
+SFT_MAX_PIXELS = 512 * 512
+GRPO_MAX_PIXELS = 480_000
+
+
+class RewardSpec(BaseModel):
+    """One reward: a registry name or `module:function`, and its weight in the total (1.0 as published)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> RewardSpec:
+        """`accuracy`, `consistency=0.5`, `my.module:func=2` -> RewardSpec (colons belong to the name)."""
+        name, sep, weight = text.rpartition("=")
+        if not sep:
+            return cls(name=text.strip())
+        try:
+            return cls(name=name.strip(), weight=float(weight))
+        except ValueError:
+            raise ConfigError(f"reward {text!r}: the weight after '=' must be a number") from None
+
+
+class _RunConfig(BaseModel):
+    """Options shared by both stages. Field descriptions are the `--help` texts of the CLI."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- what to train, on what, where ----------------------------------------------------------------------
+    model: str = Field(description="Local checkpoint folder (config.json decides the family). Never a hub name.")
+    dataset: Path = Field(description="Training records (.json list or .jsonl).")
+    image_root: Path | None = Field(None, description="Folder the records' image paths are relative to.")
+    output_dir: Path = Field(description="Where checkpoints, logs and the final model go.")
+
+    # --- schedule -------------------------------------------------------------------------------------------
+    seed: int = 42
+    epochs: float = 1.0
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (overrides epochs when > 0).")
+    lr: float = 1e-5
+    lr_scheduler: str = "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    batch_size: int = Field(1, ge=1, description="Per-device micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_grad_norm: float = 1.0
+
+    # --- model ----------------------------------------------------------------------------------------------
+    max_pixels: int = Field(SFT_MAX_PIXELS, ge=28 * 28, description="Images are resized to at most this many pixels.")
+    freeze_vision: bool = Field(True, description="Freeze the vision tower and projector (as published).")
+    lora: bool = Field(False, description="Train a LoRA adapter on the language model's attention instead of all.")
+    lora_r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.05
+    lora_target: str | None = Field(None, description="Regex of modules to adapt (default: the family's).")
+    gradient_checkpointing: bool = True
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 on a GPU that supports it, fp32 on CPU."
+    )
+    attn_implementation: str | None = Field(None, description="e.g. sdpa, flash_attention_2 (default: transformers').")
+    system_prompt: str | None = Field(
+        None,
+        description="System prompt for every record; 'grammar' = the grammar prompt (off as published).",
+    )
+
+    # --- infrastructure -------------------------------------------------------------------------------------
+    deepspeed: str | None = Field(None, description="zero2, zero3 (shipped templates) or a DeepSpeed JSON path.")
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(500, ge=1)
+    save_total_limit: int | None = 2
+    resume: bool = Field(True, description="Resume from the last checkpoint in output_dir if there is one.")
+    num_workers: int = Field(0, ge=0, description="Data-loader worker processes.")
+    trl_args: dict[str, Any] = Field(default_factory=dict, description="Extra TRL/transformers config fields.")
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _path_to_str(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _check_deepspeed(cls, v: str | None) -> str | None:
+        if v is None or v.lower() in ("", "none"):
+            return None
+        if v not in DEEPSPEED_TEMPLATES and not Path(v).is_file():
+            raise ValueError(f"{v!r} is neither {' nor '.join(DEEPSPEED_TEMPLATES)} nor an existing JSON file")
+        return v
+
+    # --- derived --------------------------------------------------------------------------------------------
+    def deepspeed_config_path(self) -> str | None:
+        """The DeepSpeed JSON to hand to transformers: a shipped template by name, or the user's file."""
+        if self.deepspeed is None:
+            return None
+        if self.deepspeed in DEEPSPEED_TEMPLATES:
+            return str(resources.files("iadr1.train") / "deepspeed" / f"{self.deepspeed}.json")
+        return self.deepspeed
+
+    def resolved_precision(self) -> Literal["bf16", "fp16", "fp32"]:
+        """`auto` -> bf16 on a CUDA device with bf16 support, else fp32 (bf16 on CPU is slow and lossy)."""
+        if self.precision != "auto":
+            return self.precision
+        import torch
+
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+    def resolved_system_prompt(self) -> str | None:
+        if self.system_prompt == "grammar":
+            from iadr1.prompts import GRAMMAR_SYSTEM_PROMPT
+
+            return GRAMMAR_SYSTEM_PROMPT
+        return self.system_prompt or None
+
+    def common_trl_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments shared by TRL's SFTConfig and GRPOConfig."""
+        import torch
+
+        precision = self.resolved_precision()
+        return {
+            "output_dir": str(self.output_dir),
+            "seed": self.seed,
+            "num_train_epochs": self.epochs,
+            "max_steps": self.max_steps,
+            "learning_rate": self.lr,
+            "lr_scheduler_type": self.lr_scheduler,
+            "warmup_steps": self.warmup_steps,
+            "weight_decay": self.weight_decay,
+            "per_device_train_batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.grad_accum,
+            "max_grad_norm": self.max_grad_norm,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "bf16": precision == "bf16",
+            "fp16": precision == "fp16",
+            "deepspeed": self.deepspeed_config_path(),
+            "report_to": [] if self.report_to == "none" else [self.report_to],
+            "logging_steps": self.logging_steps,
+            "save_strategy": "steps",
+            "save_steps": self.save_steps,
+            "save_total_limit": self.save_total_limit,
+            "dataloader_num_workers": self.num_workers,
+            # On a machine without CUDA, transformers only sets up multi-process (gloo) training under a
+            # launcher when told it runs on CPU; otherwise each process would train alone.
+            "use_cpu": not torch.cuda.is_available(),
+        }
+
+
+class SFTRunConfig(_RunConfig):
+    """PA-SFT. Defaults are the published run (full fine-tune of the language model, cosine, 100 warm-up
+    steps, weight decay 0.1, batch 1 x accumulation 2 per GPU, images capped at 512x512 px); lr per model is
+    in the recipes."""
+
+    stage: Literal["sft"] = "sft"
+    lr: float = 1e-5
+    lr_scheduler: str = "cosine"
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    batch_size: int = Field(1, ge=1)
+    grad_accum: int = Field(2, ge=1)
+    max_pixels: int = Field(SFT_MAX_PIXELS, ge=28 * 28)
+    max_length: int | None = Field(
+        None,
+        description="Truncate sequences to this many tokens (None: never; truncating image tokens fails).",
+    )
+
+    def to_trl_kwargs(self) -> dict[str, Any]:
+        from trl import SFTConfig
+
+        kwargs = {
+            **self.common_trl_kwargs(),
+            "max_length": self.max_length,
+            # Records become prompt/completion pairs, so TRL's vision collator masks the loss to the answer.
+            "completion_only_loss": True,
+        }
+        return _merge_trl_args(kwargs, self.trl_args, SFTConfig)
+
+
+class GRPORunConfig(_RunConfig):
+    """SC-GRPO. Defaults are the published run: G=4, lr 1e-6, beta 0.04 (k3 KL to the frozen PA-SFT model),
+    temperature 0.9, top-p 0.9, top-k 50, 512 completion tokens, max_pixels 480000, one update per batch.
+
+    TRL's `loss_type="grpo"` (each completion's token losses averaged over its length, then over completions)
+    and `scale_rewards="group"` (advantage = (r - group mean) / (group std + 1e-4)) are the published loss;
+    with one update per generation batch the clipping never triggers. `batch_size` counts completions per
+    device; a batch of 4 x 6 accumulation steps on one GPU is one optimizer step of 6 prompts x 4 completions.
+    """
+
+    stage: Literal["grpo"] = "grpo"
+    lr: float = 1e-6
+    lr_scheduler: str = "linear"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    batch_size: int = Field(4, ge=1, description="Completions per device per micro-step.")
+    grad_accum: int = Field(6, ge=1)
+    max_pixels: int = Field(GRPO_MAX_PIXELS, ge=28 * 28)
+    freeze_vision: bool = True
+
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="accuracy"), RewardSpec(name="consistency")],
+        description="Reward names (or module:function) with optional weights; total = weighted sum.",
+    )
+    num_generations: int = Field(4, ge=2, description="G: completions sampled per prompt.")
+    beta: float = Field(0.04, ge=0.0, description="KL coefficient to the reference (input) model.")
+    temperature: float = 0.9
+    top_p: float = 0.9
+    top_k: int = 50
+    max_completion_length: int = 512
+    loss_type: str = "grpo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    vllm: Literal["auto", "off", "colocate", "server"] = Field(
+        "auto",
+        description="Rollouts with vLLM: auto = colocate on a CUDA machine with vllm installed, else off.",
+    )
+    vllm_server_host: str = "0.0.0.0"
+    vllm_server_port: int = 8000
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_tensor_parallel_size: int = 1
+    completions_to_log: int = Field(8, ge=0, description="Sample completions written per logging step (JSONL).")
+
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _parse_rewards(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list):
+            return [RewardSpec.parse(x) if isinstance(x, str) else x for x in v]
+        return v
+
+    @model_validator(mode="after")
+    def _check_rewards(self) -> GRPORunConfig:
+        if not self.rewards:
+            raise ValueError("at least one reward is needed")
+        return self
+
+    def resolved_vllm_mode(self) -> Literal["off", "colocate", "server"]:
+        if self.vllm != "auto":
+            return self.vllm
+        import importlib.util
+
+        import torch
+
+        return "colocate" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "off"
+
+    def to_trl_kwargs(self) -> dict[str, Any]:
+        from trl import GRPOConfig
+
+        vllm_mode = self.resolved_vllm_mode()
+        kwargs = {
+            **self.common_trl_kwargs(),
+            "num_generations": self.num_generations,
+            "beta": self.beta,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "max_completion_length": self.max_completion_length,
+            "loss_type": self.loss_type,
+            "scale_rewards": self.scale_rewards,
+            "reward_weights": [r.weight for r in self.rewards],
+            "num_iterations": 1,  # one update per generation batch, as published
+            "use_vllm": vllm_mode != "off",
+            "remove_unused_columns": False,  # rewards read the `solution` column
+        }
+        if vllm_mode != "off":
+            kwargs.update(
+                vllm_mode=vllm_mode,
+                vllm_gpu_memory_utilization=self.vllm_gpu_memory_utilization,
+                vllm_tensor_parallel_size=self.vllm_tensor_parallel_size,
+                vllm_server_host=self.vllm_server_host,
+                vllm_server_port=self.vllm_server_port,
+            )
+        return _merge_trl_args(kwargs, self.trl_args, GRPOConfig)
+
+
+RunConfig = SFTRunConfig | GRPORunConfig
+
+
+def _merge_trl_args(kwargs: dict[str, Any], extra: dict[str, Any], trl_cls: type) -> dict[str, Any]:
+    """Add `trl_args` over the mapped options; an unknown field is a ConfigError (not a later TypeError)."""
+    known = {f.name for f in dataclasses.fields(trl_cls)}
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise ConfigError(f"trl_args: {', '.join(unknown)}: not a field of {trl_cls.__name__}")
+    return {**kwargs, **extra}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Loading, merging, saving
+# ------------------------------------------------------------------------------------------------------------
+def recipe_names() -> list[str]:
+    """The packaged recipes (folders under iadr1/train/recipes)."""
+    root = resources.files("iadr1.train") / "recipes"
+    return sorted(p.name for p in root.iterdir() if p.is_dir())
+
+
+def recipe_path(name: str, stage: str) -> Path:
+    """The packaged YAML of recipe `name` for `stage`, or a ConfigError listing the recipes."""
+    path = Path(str(resources.files("iadr1.train") / "recipes" / name / f"{stage}.yaml"))
+    if not path.is_file():
+        raise ConfigError(f"no {stage} recipe named {name!r}; recipes: {', '.join(recipe_names())}")
+    return path
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML mapping from `path`; a missing file or a non-mapping is a one-line ConfigError."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a YAML mapping of option: value, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    cls: type[_RunConfig],
+    *,
+    config_file: str | os.PathLike | None = None,
+    recipe: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Any:
+    """Merge defaults < recipe < config file < overrides (a None override means "not given"), and validate.
+
+    Any problem (unknown option, wrong type, missing required option) is a one-line ConfigError naming the
+    option.
+    """
+    stage = cls.model_fields["stage"].default
+    merged: dict[str, Any] = {}
+    sources: list[str] = []
+    if recipe:
+        merged.update(read_yaml(recipe_path(recipe, stage)))
+        sources.append(f"recipe {recipe}")
+    if config_file:
+        merged.update(read_yaml(config_file))
+        sources.append(str(config_file))
+    if merged.get("stage", stage) != stage:
+        raise ConfigError(f"{' + '.join(sources)}: a {merged['stage']} config cannot run `iadr1 {stage}`")
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return cls.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, sources)) from None
+
+
+def _one_line(err: ValidationError, sources: list[str]) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "config"
+    where = f" ({' + '.join(sources)})" if sources else ""
+    if first["type"] == "missing":
+        flag = "--" + str(first["loc"][0]).replace("_", "-")
+        return f"option {loc!r} is required: pass {flag} or set it in the config{where}"
+    if first["type"] == "extra_forbidden":
+        return f"unknown option {loc!r}{where}"
+    more = err.error_count() - 1
+    tail = f" [+{more} more]" if more else ""
+    return f"option {loc!r}: {first['msg']}{where}{tail}"
+
+
+def save_config(cfg: _RunConfig, output_dir: str | os.PathLike | None = None) -> Path:
+    """Write the resolved config as YAML into the output dir, atomically; `--config` reads it back."""
+    from iadr1.data.io import atomic_write_text
+
+    data = cfg.model_dump(mode="json")
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    return atomic_write_text(Path(output_dir or cfg.output_dir) / CONFIG_FILENAME, text)
+
+
+def parse_set_options(items: list[str] | None) -> dict[str, Any]:
+    """`--set KEY=VALUE` pairs, values read as YAML (`--set lora=true`, `--set trl_args={seed: 1}`)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+    return out

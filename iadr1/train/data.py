@@ -1,0 +1,214 @@
+"""Training records -> TRL datasets.
+
+PA-SFT records become prompt/completion pairs (TRL's vision collator then puts the loss on the answer only);
+SC-GRPO records become conversational prompts with their images and `solution` (read by the rewards).
+Every record is checked before training starts; the first bad one is a one-line `DataError` naming file and
+record.
+
+Images stay paths in the Arrow table and are opened, converted to RGB and resized in a lazy transform (a
+dataset of thousands of images never sits in memory). Resizing here, before any processor, is what keeps the
+image resolution identical in training and in vLLM rollouts: the image is cut to at most `max_pixels`, with
+sides that are multiples of the processor's patch factor (28 for Qwen), so every processor built from the same
+checkpoint leaves it as it is.
+
+Message content also stays a plain string in the table (`datasets` would merge text and image blocks into one
+struct type and the chat templates then see extra keys); the transform turns `<image>` markers into image
+blocks at their place (images first when the text has no marker, as TRL and LLaMA-Factory do).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from iadr1.data.io import iter_jsonl, read_json, resolve_under
+from iadr1.data.schemas import GRPORecord, SFTRecord, validate_record
+from iadr1.errors import DataError
+from iadr1.prompts import IMAGE_PLACEHOLDER
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Images
+# ------------------------------------------------------------------------------------------------------------
+def image_factor(processor: Any) -> int:
+    """The side multiple the processor's resizer snaps to: patch x merge size for Qwen (28), else 1."""
+    ip = getattr(processor, "image_processor", processor)
+    patch, merge = getattr(ip, "patch_size", None), getattr(ip, "merge_size", None)
+    if isinstance(patch, int) and isinstance(merge, int):
+        return patch * merge
+    return 1
+
+
+def fit_size(width: int, height: int, max_pixels: int, factor: int = 1) -> tuple[int, int]:
+    """The size an image is trained at: sides rounded to multiples of `factor`, at most `max_pixels` in all.
+
+    Qwen's `smart_resize` rule (without its lower bound), so a Qwen processor leaves the result unchanged.
+
+    >>> fit_size(1024, 1024, 512 * 512, 28)
+    (504, 504)
+    >>> fit_size(100, 50, 480000, 1)
+    (100, 50)
+    """
+    w = max(factor, round(width / factor) * factor)
+    h = max(factor, round(height / factor) * factor)
+    if w * h > max_pixels:
+        scale = math.sqrt(width * height / max_pixels)
+        w = max(factor, math.floor(width / scale / factor) * factor)
+        h = max(factor, math.floor(height / scale / factor) * factor)
+    return w, h
+
+
+def load_image(path: str, max_pixels: int, factor: int = 1):
+    """Open an image as RGB at its training size (`fit_size`)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    size = fit_size(im.width, im.height, max_pixels, factor)
+    return im if size == im.size else im.resize(size, Image.Resampling.BICUBIC)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Records
+# ------------------------------------------------------------------------------------------------------------
+def _iter_raw(path: Path) -> Iterator[tuple[str | int, Any]]:
+    """(key, object) for each record: key is `line N` for JSONL, the index or dict key for JSON."""
+    if path.suffix == ".jsonl":
+        for n, obj in iter_jsonl(path):
+            yield f"line {n}", obj
+        return
+    obj = read_json(path)
+    if isinstance(obj, dict):
+        yield from obj.items()
+    elif isinstance(obj, list):
+        yield from enumerate(obj)
+    else:
+        raise DataError(f"{path}: expected a list or dict of records, got {type(obj).__name__}")
+
+
+def _image_paths(images: str | list[str], root: Path, where: str) -> list[str]:
+    paths = [images] if isinstance(images, str) else list(images)
+    if not paths:
+        raise DataError(f"{where}: field 'images': no image")
+    out = []
+    for rel in paths:
+        full = resolve_under(root, rel, what=f"{where}: image") if not os.path.isabs(rel) else Path(rel)
+        if not full.is_file():
+            raise DataError(f"{where}: image {rel!r} not found under {root}")
+        out.append(str(full))
+    return out
+
+
+def _check_markers(messages: list[dict[str, str]], n_images: int, where: str) -> None:
+    markers = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages if m["role"] == "user")
+    if markers not in (0, n_images):
+        raise DataError(f"{where}: {markers} {IMAGE_PLACEHOLDER} marker(s) in the user text but {n_images} image(s)")
+
+
+def _with_system(messages: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
+    if system_prompt and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
+def read_sft_rows(
+    path: str | os.PathLike, image_root: str | os.PathLike | None = None, system_prompt: str | None = None
+) -> list[dict[str, Any]]:
+    """Validate PA-SFT records and turn each into {prompt, completion, images} (image paths made absolute).
+
+    The last message must be the assistant's answer (the completion, the only tokens with a loss); everything
+    before it is the prompt. `image_root` defaults to the dataset file's folder.
+    """
+    path = Path(path)
+    root = Path(image_root) if image_root is not None else path.parent
+    rows = []
+    for key, obj in _iter_raw(path):
+        where = f"{path}: record {key!r}"
+        rec = validate_record(SFTRecord, obj, path, key)
+        messages = [{"role": m.role, "content": m.content} for m in rec.messages]
+        if len(messages) < 2 or messages[-1]["role"] != "assistant" or messages[-2]["role"] != "user":
+            raise DataError(f"{where}: field 'messages': must end with a user turn then the assistant's answer")
+        if not messages[-1]["content"].strip():
+            raise DataError(f"{where}: field 'messages': the assistant's answer is empty")
+        images = _image_paths(rec.images, root, where)
+        _check_markers(messages, len(images), where)
+        rows.append(
+            {
+                "prompt": _with_system(messages[:-1], system_prompt),
+                "completion": [messages[-1]],
+                "images": images,
+            }
+        )
+    if not rows:
+        raise DataError(f"{path}: no records")
+    return rows
+
+
+def read_grpo_rows(
+    path: str | os.PathLike, image_root: str | os.PathLike | None = None, system_prompt: str | None = None
+) -> list[dict[str, Any]]:
+    """Validate SC-GRPO records and turn each into {id, prompt, images, solution}.
+
+    A `solution` without `<answer>` would make every reward 0 for that prompt: it fails here, before training.
+    """
+    from iadr1.rewards import validate_solution
+
+    path = Path(path)
+    root = Path(image_root) if image_root is not None else path.parent
+    rows = []
+    for key, obj in _iter_raw(path):
+        where = f"{path}: record {key!r}"
+        rec = validate_record(GRPORecord, obj, path, key)
+        try:
+            validate_solution(rec.solution)
+        except ValueError as e:
+            raise DataError(f"{where}: field 'solution': {e}") from None
+        images = _image_paths(rec.image, root, where)
+        messages = _with_system([{"role": "user", "content": rec.problem}], system_prompt)
+        _check_markers(messages, len(images), where)
+        rows.append({"id": rec.id, "prompt": messages, "images": images, "solution": rec.solution})
+    if not rows:
+        raise DataError(f"{path}: no records")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Datasets
+# ------------------------------------------------------------------------------------------------------------
+def to_blocks(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """String contents -> content blocks, with an image block wherever the user text has an `<image>` marker.
+
+    A user text without markers stays a string: TRL then puts the images first
+    (`prepare_multimodal_messages`).
+    """
+    out = []
+    for m in messages:
+        text = m["content"]
+        if m["role"] != "user" or not isinstance(text, str) or IMAGE_PLACEHOLDER not in text:
+            out.append(m)
+            continue
+        blocks: list[dict[str, Any]] = []
+        for i, piece in enumerate(text.split(IMAGE_PLACEHOLDER)):
+            if i:
+                blocks.append({"type": "image"})
+            if piece:
+                blocks.append({"type": "text", "text": piece})
+        out.append({**m, "content": blocks})
+    return out
+
+
+def build_dataset(rows: list[dict[str, Any]], max_pixels: int, factor: int = 1):
+    """A `datasets.Dataset` of the rows whose items come out ready for TRL: images opened and resized, prompts
+    in blocks. The transform runs on access, in the data-loader workers."""
+    from datasets import Dataset
+
+    def transform(batch: dict[str, list]) -> dict[str, list]:
+        batch = dict(batch)
+        batch["images"] = [[load_image(p, max_pixels, factor) for p in paths] for paths in batch["images"]]
+        batch["prompt"] = [to_blocks(p) for p in batch["prompt"]]
+        return batch
+
+    return Dataset.from_list(rows).with_transform(transform)
