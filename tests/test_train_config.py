@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -270,8 +271,12 @@ def test_bad_sft_records_name_file_and_record(record, message, tmp_path):
 
 
 # --- the command line -------------------------------------------------------------------------------------------------
-def test_cli_prints_the_resolved_config(capsys, tmp_path):
+def test_cli_prints_the_resolved_config(capsys, tmp_path, monkeypatch):
     from iadr1.cli import main
+
+    # `--local_rank` sets LOCAL_RANK for the process, as under the deepspeed launcher; keep it out of later tests.
+    monkeypatch.setenv("LOCAL_RANK", "unset")  # recorded, so teardown restores the original state
+    monkeypatch.delenv("LOCAL_RANK")
 
     main(["--local_rank=1", "grpo", "--recipe", "qwen2-vl-2b", "-m", "ckpt", "-d", "d.jsonl", "-o", str(tmp_path)]
          + ["--reward", "accuracy", "--reward", "consistency=0.5", "--beta", "0", "--set", "max_steps=3"]
@@ -279,6 +284,7 @@ def test_cli_prints_the_resolved_config(capsys, tmp_path):
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["rewards"] == [{"name": "accuracy", "weight": 1.0}, {"name": "consistency", "weight": 0.5}]
     assert (cfg["beta"], cfg["max_steps"], cfg["lr"], cfg["deepspeed"]) == (0.0, 3, 1e-6, "zero3")
+    assert os.environ["LOCAL_RANK"] == "1"
 
 
 def test_cli_errors_are_one_red_line(capsys):

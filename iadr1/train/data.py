@@ -27,7 +27,7 @@ from typing import Any
 from iadr1.data.io import iter_jsonl, read_json, resolve_under
 from iadr1.data.schemas import GRPORecord, SFTRecord, validate_record
 from iadr1.errors import DataError
-from iadr1.prompts import IMAGE_PLACEHOLDER
+from iadr1.prompts import IMAGE_PLACEHOLDER, split_images
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -190,12 +190,8 @@ def to_blocks(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if m["role"] != "user" or not isinstance(text, str) or IMAGE_PLACEHOLDER not in text:
             out.append(m)
             continue
-        blocks: list[dict[str, Any]] = []
-        for i, piece in enumerate(text.split(IMAGE_PLACEHOLDER)):
-            if i:
-                blocks.append({"type": "image"})
-            if piece:
-                blocks.append({"type": "text", "text": piece})
+        # The same split as inference (`prompts.split_images`), so training and inference prompts agree.
+        blocks = [{"type": "image"} if seg is None else {"type": "text", "text": seg} for seg in split_images(text)]
         out.append({**m, "content": blocks})
     return out
 
