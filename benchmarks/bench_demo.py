@@ -1,6 +1,6 @@
 """The learning proof: the full-size `iadr1 demo` on held-out synthetic images, checked against the bar.
 
-    python benchmarks/bench_demo.py                       # the defaults of `iadr1 demo` (about 10 min, 2 cores)
+    python benchmarks/bench_demo.py                       # the defaults of `iadr1 demo` (about 5 min, 2 cores)
     python benchmarks/bench_demo.py --set n_train=3000 --set sft_lr=2e-3 --json /tmp/demo.json
     python benchmarks/bench_demo.py --quick               # the shortened run of tests/test_demo.py
 
@@ -102,6 +102,8 @@ def main() -> None:
     figures = {
         "stages": rows,
         "per_defect_accuracy": {s: m["per_defect_accuracy"] for s, m in report["stages"].items()},
+        "vision_warmup_held_out": (report.get("vision_warmup") or {}).get("final"),
+        "vision_warmup_seconds": (report.get("vision_warmup") or {}).get("seconds"),
         "sft_train_set_accuracy": train_acc,
         "sft_test_set_accuracy": report["stages"]["sft"].get("accuracy"),
         "wall_seconds": round(wall, 1),

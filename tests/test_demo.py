@@ -1,7 +1,7 @@
 """`iadr1 demo`, shortened (the QUICK preset): the pipeline runs end to end, and each stage really learns.
 
 The full-size learning proof (balanced accuracy >= 80 after PA-SFT, consistency >= 95 after SC-GRPO) is
-`benchmarks/bench_demo.py`; this test asserts what the shortened run reliably reaches (measured, docs/demo.md).
+`benchmarks/bench_demo.py`; this test asserts, with margin, what the shortened run reaches (measured, docs/demo.md).
 """
 
 from __future__ import annotations
@@ -48,18 +48,29 @@ def test_report_files_and_shape(quick_demo: tuple[Path, dict]) -> None:
     assert "<table>" in (out / "report.html").read_text()
 
 
-def test_sft_learns_grammar_and_beats_untrained(quick_demo: tuple[Path, dict]) -> None:
+def test_warm_up_teaches_the_tower_to_see(quick_demo: tuple[Path, dict]) -> None:
+    out, report = quick_demo
+    hist = report["vision_warmup"]["history"]
+    before, after = hist[0]["held_out"], hist[-1]["held_out"]
+    assert before["auroc"] < 70, hist  # the random tower: chance
+    assert after["auroc"] >= 85, hist  # measured 95
+    assert "## Vision warm-up" in (out / "report.md").read_text()
+
+
+def test_sft_learns_grammar_and_decision(quick_demo: tuple[Path, dict]) -> None:
     rows = summary_rows(quick_demo[1])
     untrained, sft = rows["untrained"], rows["sft"]
-    # A random model writes no <answer>: nothing is consistent, everything unanswered.
+    # A random language model writes no <answer>: nothing is consistent, everything unanswered.
     assert untrained["consistency_rate"] < 5
+    assert untrained["balanced_accuracy"] < 20
     # PA-SFT teaches the output grammar on held-out images ...
-    assert sft["consistency_rate"] >= 90, sft
-    assert sft["unanswered_rate"] <= 10, sft
-    # ... so that every image gets a yes/no that is scored: balanced accuracy jumps from 0 (no answer counts
-    # as wrong) to about chance. The shortened run is too short to learn the visual decision itself (that is
-    # the benchmark's job, docs/demo.md), so the bar here is the scored answers, not detection skill.
-    assert sft["balanced_accuracy"] >= untrained["balanced_accuracy"] + MIN_QUICK_SFT_GAIN, rows
+    assert sft["consistency_rate"] >= 95, sft
+    assert sft["unanswered_rate"] <= 5, sft
+    # ... and the decision: a constant answer would score 50. Measured 81.25 on 64 images; 70 leaves room for a
+    # machine whose float sums differ.
+    assert sft["balanced_accuracy"] >= MIN_QUICK_SFT_BA, rows
+    per_defect = quick_demo[1]["stages"]["sft"]["per_defect_accuracy"]
+    assert per_defect["good"] >= 80 and sum(v >= 50 for k, v in per_defect.items() if k != "good") >= 3, per_defect
 
 
 def test_grpo_moves_parameters_and_keeps_grammar(quick_demo: tuple[Path, dict]) -> None:
@@ -70,7 +81,9 @@ def test_grpo_moves_parameters_and_keeps_grammar(quick_demo: tuple[Path, dict]) 
     logs = json.loads((out / "grpo" / "log_history.json").read_text())
     assert any(x.get("grad_norm", 0) > 0 for x in logs)
     rows = summary_rows(report)
-    assert rows["grpo"]["consistency_rate"] >= 90, rows
+    assert rows["grpo"]["consistency_rate"] >= 95, rows
+    # Two SC-GRPO steps at lr 5e-5 barely move the decision (the full demo's bar is SFT - 2).
+    assert rows["grpo"]["balanced_accuracy"] >= rows["sft"]["balanced_accuracy"] - 5, rows
 
 
 def test_write_report_is_reproducible(quick_demo: tuple[Path, dict], tmp_path: Path) -> None:
@@ -87,5 +100,13 @@ def test_cli_refuses_used_folder(quick_demo: tuple[Path, dict], capsys: pytest.C
     assert "earlier demo" in capsys.readouterr().err
 
 
-# Untrained 0 -> SFT about 50 on the QUICK preset (docs/demo.md); 35 leaves room for an unlucky split.
-MIN_QUICK_SFT_GAIN = 35.0
+MIN_QUICK_SFT_BA = 70.0
+
+
+def test_cli_rejects_unknown_defect_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--out", str(tmp_path / "x"), "--defects", "crack,rust"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "--defects" in err and "rust" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import re
+import tempfile
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iadr1.data.schemas import TestEntry
 from iadr1.errors import DataError
+from iadr1.eval import load
 from iadr1.eval.load import dataset_and_class, load_ground_truth, positions
 from iadr1.eval.pipeline import evaluate
 
@@ -341,3 +349,212 @@ def test_grouping_follows_the_schema(tmp_path):
     got = [(gt.datasets[d], gt.classes[c]) for d, c in zip(gt.dataset_idx, gt.class_idx, strict=True)]
     assert got == [(dataset_and_class(p)[0], dataset_and_class(p)) for p in GROUPING_PATHS]
     assert np.array_equal(gt.anomalous, np.zeros(len(GROUPING_PATHS), bool))
+
+
+# --- the fast path for plain prediction files -----------------------------------------------------------------------
+# `load_predictions` first decodes a file as `_PlainPrediction` (strict types, no per-record decision); any other
+# file goes through the general path. Both must give the same result on every input, errors included.
+_plain_record = st.fixed_dictionaries(
+    {"image": st.sampled_from(list(LABELS)), "letter": st.sampled_from(["A", "B", "E"])},
+    optional={
+        "raw": st.one_of(st.none(), st.sampled_from([YES, NO, "Yes.", "<think>x</think>", ""])),
+        "p_yes": st.one_of(st.none(), st.floats(0, 1), st.integers(0, 1)),
+        "error": st.one_of(st.none(), st.just("unreadable image")),
+        "answer": st.sampled_from(["yes", "no", "maybe", None]),  # not read when the letter is there
+        "latency_s": st.just(0.1),
+    },
+)
+_any_record = st.fixed_dictionaries(  # anything, valid or not
+    {"image": st.one_of(st.sampled_from([*LABELS, "OTHER/x.png"]), st.integers(0, 3))},
+    optional={
+        "letter": st.sampled_from(["A", "B", "E", "C", None]),
+        "answer": st.sampled_from(["yes", "no", "maybe", None]),
+        "raw": st.one_of(st.none(), st.sampled_from([YES, NO, "No, clean.", ""]), st.integers(0, 3)),
+        "p_yes": st.one_of(st.none(), st.floats(-1, 2), st.integers(-1, 2), st.just("0.5"), st.booleans()),
+        "error": st.one_of(st.none(), st.just("unreadable image"), st.just(3)),
+        "question_type": st.sampled_from(["Anomaly Detection", "Defect Classification", None]),
+        "gpt_answer": st.sampled_from(["A", "B", "E", "X", YES, None]),
+        "correct_answer": st.sampled_from(["A", "B", "Z", None]),
+    },
+)
+_odd_field = st.one_of(  # one field that a plain record may not have, or not with this value
+    *(st.tuples(st.just(k), st.just(v)) for k, v in [("question_type", "Anomaly Detection"), ("gpt_answer", "A")]),
+    st.tuples(st.just("question_type"), st.sampled_from(["Defect Classification", "Anomaly Detection"])),
+    st.tuples(st.just("correct_answer"), st.sampled_from(["A", "B", "Z"])),
+    st.tuples(st.just("gpt_answer"), st.sampled_from(["A", "B", "E", "X", YES])),
+    st.tuples(st.just("letter"), st.sampled_from(["C", None, "a"])),
+    st.tuples(st.just("p_yes"), st.sampled_from(["0.5", True, 1.5, -1, 2])),
+    st.tuples(st.just("raw"), st.sampled_from([3, ["x"]])),
+    st.tuples(st.just("error"), st.sampled_from([3, {"kind": "io"}])),
+    st.tuples(st.just("image"), st.sampled_from([None, 3, "OTHER/x.png"])),
+)
+_odd_record = st.builds(lambda r, kv: {**r, kv[0]: kv[1]}, _plain_record, _odd_field)
+_file = st.tuples(
+    st.lists(_plain_record, max_size=6),
+    st.lists(st.one_of(_odd_record, _any_record), max_size=1),
+    st.integers(0, 6),
+    st.sampled_from([".jsonl", ".json"]),
+)
+
+
+def _write_predictions(folder: Path, i: int, plain: list, other: list, at: int, suffix: str) -> Path:
+    rows = plain[:at] + other + plain[at:]
+    path = folder / f"p{i}{suffix}"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) if suffix == ".jsonl" else json.dumps(rows))
+    return path
+
+
+def _load(files: list[Path], general_only: bool) -> object:
+    forced = mock.patch.object(load, "_decode_plain", return_value=None) if general_only else contextlib.nullcontext()
+    with forced:
+        try:
+            p = load.load_predictions(files)
+        except DataError as e:
+            return str(e)
+    return [
+        p.images,
+        p.letters,
+        p.raws,
+        p.p_yes.tobytes(),
+        p.file_idx.tolist(),
+        p.n_error,
+        p.n_skipped,
+        p.correct_answers,
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_file, min_size=1, max_size=3))
+def test_fast_path_equals_the_general_path(files):
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [_write_predictions(Path(tmp), i, *f) for i, f in enumerate(files)]
+        assert _load(paths, general_only=False) == _load(paths, general_only=True)
+
+
+def test_fast_path_takes_plain_files_only(tmp_path):
+    def plain(rows: list[dict]) -> bool:
+        return load._decode_plain(write_jsonl(tmp_path / "p.jsonl", rows)) is not None
+
+    assert plain([ours(k, v, p_yes=0.5) for k, v in ANSWERS.items()])
+    assert plain([ours("DS/c1/test/bad/0.png", "E", raw=None, error="unreadable image", p_yes=1)])
+    assert not plain([ours("DS/c1/test/bad/0.png", "C")])  # unknown label: the general path names it
+    assert not plain([{"image": "DS/c1/test/bad/0.png", "answer": "yes"}])  # no letter
+    assert not plain([ours("DS/c1/test/bad/0.png", "A", p_yes="0.5")])
+    assert not plain([ours("DS/c1/test/bad/0.png", "A", question_type="Anomaly Detection")])
+    assert not plain([original("DS/c1/test/bad/0.png", "A", "A")])
+
+
+def _second_question(answer: object) -> dict:
+    return {"Question": "Which defect?", "Answer": answer, "Options": {"A": "x", "C": "y"}, "type": "Defect Type"}
+
+
+_G2 = "DS/c1/test/good/2.png"
+_B0 = "DS/c1/test/bad/0.png"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),  # expected: the ground-truth defects read, or the error
+    [
+        (None, {}),  # every answer A or B, no location or type: the fast decoder
+        (lambda d: d[_G2]["conversation"].append(_second_question("C")), {}),  # later answers are not read
+        (lambda d: d[_G2]["conversation"].append(_second_question({"text": "C"})), {}),
+        (lambda d: d[_B0].update(location=" top left ", type=""), {0: ("top left", None)}),  # from the test file
+        (lambda d: d[_G2].update(location="center"), {}),  # kept for anomalous images only
+        (lambda d: d[_G2]["conversation"][0].update(Answer="C"), r"'A' or 'B' \(got 'C'\)"),
+        (lambda d: d[_G2]["conversation"][0].update(Answer=["A"]), r"'A' or 'B' \(got \['A'\]\)"),
+        (lambda d: d[_G2]["conversation"][0].pop("Answer"), "Field required"),
+        (lambda d: d[_G2]["conversation"].clear(), "expected 'A' or 'B'"),
+    ],
+)
+def test_test_file_fast_decoder_equals_the_general_one(tmp_path, change, expected):
+    data = {k: entry(k, a) for k, a in LABELS.items()}
+    if change is not None:
+        change(data)
+    path = tmp_path / "test_DS_format.json"
+    path.write_text(json.dumps(data))
+
+    def read(general_only: bool) -> object:
+        forced = mock.patch.object(load, "_Entry", load._AnyEntry) if general_only else contextlib.nullcontext()
+        with forced:
+            try:
+                gt = load_ground_truth([path])
+            except DataError as e:
+                return str(e)
+        return [
+            gt.images,
+            gt.anomalous.tolist(),
+            gt.dataset_idx.tolist(),
+            gt.class_idx.tolist(),
+            gt.classes,
+            gt.defects,
+        ]
+
+    fast = read(general_only=False)
+    assert fast == read(general_only=True)
+    if isinstance(expected, dict):
+        classes = [("DS", "c1"), ("DS", "c2")]
+        assert fast == [list(LABELS), list(LABELS.values()), [0] * 12, [0] * 10 + [1] * 2, classes, expected]
+    else:
+        assert re.search(rf"record '{_G2}': field 'conversation.0.Answer': .*{expected}", str(fast))
+
+
+# --- big test files are read on the other core (TestFileReader) -------------------------------------------------
+def test_background_reader_returns_what_the_serial_read_does(tmp_path):
+    from iadr1.eval.load import TestFileReader
+
+    labels = {f"S/a/test/bad/{i}.png": True for i in range(3)} | {f"S/b/test/good/{i}.png": False for i in range(4)}
+    t1 = write_test_file(tmp_path / "t1.json", labels, **{"S/a/test/bad/1.png": {"location": "center", "type": "hole"}})
+    t2 = write_test_file(tmp_path / "t2.json", {"T/x/test/good/0.png": False, "T/x/test/bad/0.png": True})
+    reader = TestFileReader.start([t1, t2], force=True)
+    if reader is None:
+        pytest.skip("no fork here (not Linux, or other threads run)")
+    got = reader.result()
+    assert got == [load._read_test_file(t1), load._read_test_file(t2)]
+    assert got[0][2] == {"S/a/test/bad/1.png": ("center", "hole")}
+    a = load_ground_truth([t1, t2], reader=TestFileReader.start([t1, t2], force=True))
+    b = load_ground_truth([t1, t2])
+    assert a.images == b.images and a.defects == b.defects and a.classes == b.classes
+    assert (a.anomalous == b.anomalous).all() and (a.class_idx == b.class_idx).all()
+
+
+def test_background_reader_errors_are_the_serial_ones(tmp_path):
+    from iadr1.eval.load import TestFileReader
+
+    t = tmp_path / "test_X_format.json"
+    data = {"X/a/test/good/0.png": entry("X/a/test/good/0.png", False)}
+    data["X/a/test/good/0.png"]["conversation"][0]["Answer"] = "C"
+    t.write_text(json.dumps(data))
+    reader = TestFileReader.start([t], force=True)
+    if reader is None:
+        pytest.skip("no fork here")
+    with pytest.raises(DataError, match=r"record 'X/a/test/good/0.png': field 'conversation.0.Answer'"):
+        load_ground_truth([t], reader=reader)
+    reader = TestFileReader.start([t], force=True)
+    reader.cancel()  # stops and reaps the child
+    with pytest.raises(ChildProcessError):
+        os.waitpid(reader.pid, os.WNOHANG)
+
+
+def test_evaluate_in_the_background_equals_in_place(bench, monkeypatch):
+    in_place = evaluate([bench["test"]], [bench["pred"]], n_boot=100, seed=1)
+    monkeypatch.setattr(load, "BACKGROUND_MIN_BYTES", 0)
+    started = []
+    real_start = load.TestFileReader.start.__func__
+
+    def spy(cls, files, force=False):
+        r = real_start(cls, files, force)
+        started.append(r)
+        return r
+
+    monkeypatch.setattr(load.TestFileReader, "start", classmethod(spy))
+    background = evaluate([bench["test"]], [bench["pred"]], n_boot=100, seed=1)
+    if started[0] is None:
+        pytest.skip("no fork here")
+    assert background.datasets == in_place.datasets and background.average == in_place.average
+    # A bad predictions file: its error, and the child is stopped (no zombie left).
+    bad = bench["dir"] / "bad.jsonl"
+    bad.write_text('{"image": 3}\n')
+    with pytest.raises(DataError, match="bad.jsonl"):
+        evaluate([bench["test"]], [bad], n_boot=0)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(started[-1].pid, os.WNOHANG)

@@ -130,6 +130,22 @@ def test_auroc_equals_pair_count(items):
         assert math.isnan(auroc[0])
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.booleans(), st.sampled_from([0.1, 0.5, 0.9, np.nan])), max_size=60))
+def test_auroc_does_not_depend_on_the_order_of_tied_scores(items):
+    # `score_order` uses an unstable sort, shared by every grouping: tied scores may come in any order.
+    group = np.array([g for g, _, _ in items], np.int64)
+    y = np.array([a for _, a, _ in items], bool)
+    s = np.array([v for _, _, v in items], float)
+    valid = np.flatnonzero(~np.isnan(s))
+    ties_in_order = valid[np.argsort(s[valid], kind="stable")]
+    ties_reversed = valid[np.lexsort((-np.arange(valid.size), s[valid]))]
+    want = M.grouped_auroc_aupr(group, 4, y, s, ties_in_order)
+    for order in (None, M.score_order(s), ties_reversed):
+        for got, expected in zip(M.grouped_auroc_aupr(group, 4, y, s, order), want, strict=True):
+            np.testing.assert_array_equal(got, expected)  # bit for bit
+
+
 # --- bootstrap -------------------------------------------------------------------------------------------------
 def test_bootstrap_is_seeded_and_brackets_the_estimate():
     conf = conf_of([A] * 40 + [B] * 10, [B] * 80 + [A] * 20)
@@ -141,6 +157,18 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate():
     assert lo < point < hi
     # Binomial spread: the sd of balanced accuracy is about 100/2 * sqrt(.8*.2/50 + .8*.2/100) = 3.46.
     assert np.std(r1["balanced_accuracy"][0]) == pytest.approx(3.46, rel=0.15)
+
+
+def test_percentile_interval_equals_nanpercentile_exactly():
+    rng = np.random.default_rng(3)
+    reps = rng.normal(80, 5, (3, 7, 1000))
+    reps[0, 2, 10] = np.nan  # a row with NaN replicates
+    reps[1, 4] = np.nan  # an all-NaN row (an absent class)
+    q = [(1 - 0.95) / 2 * 100, (1 + 0.95) / 2 * 100]  # as computed there (not exactly 2.5 and 97.5)
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        want = np.moveaxis(np.nanpercentile(reps, q, axis=-1), 0, -1)
+    np.testing.assert_array_equal(M.percentile_interval(reps), want)
+    np.testing.assert_array_equal(M.percentile_interval(reps[2, 3]), np.nanpercentile(reps[2, 3], q))
 
 
 # --- consistency -----------------------------------------------------------------------------------------------
@@ -173,6 +201,8 @@ def test_consistency_equals_parse_on_tricky_replies():
 
 
 def test_bulk_path_decides_the_common_replies_and_only_when_certain():
+    with pytest.raises(TypeError):  # `consistency_flags` relies on it to find missing replies
+        M._bulk_decide([*REPLIES, None])
     bulk = M._bulk_decide(REPLIES)
     assert bulk[[0, 1, 2, 17]].tolist() == [1, 1, 1, 1]  # canonical
     assert bulk[[12, 13, 14]].tolist() == [0, 0, 0]  # untagged: fewer than four '<'
@@ -230,3 +260,60 @@ def _reply(think: str, loc: str, typ: str, yes: bool | None) -> str:
 def test_consistency_matches_parse_everywhere(replies):
     expected = [-1 if r is None else int(parse(r).well_formed) for r in replies]
     assert M.consistency_flags(replies).tolist() == expected
+
+
+# Near misses of the two canonical forms: one or two edits (insert, delete, replace) anywhere, with characters that
+# matter to the grammar, so that the bulk decision is tested right at its edge.
+_EDIT_CHARS = ["<", ">", "/", " ", "\n", "a", "A", "t", "T", "y", "Y", "n", "N", "o", "s", ".", "é", "\x00"]
+_CANONICAL_REPLIES = [
+    "<think>{x}</think><location>{l}</location><type>{t}</type><answer>Yes</answer>",
+    "<think>{x}</think><location>{l}</location><type>{t}</type><answer>yes</answer>",
+    "<think>{x}</think><answer>No</answer>",
+    "<think>{x}</think><answer>no</answer>",
+]
+_content = st.lists(
+    st.sampled_from(["a", " ", "\n", ">", "/", "é", "✓", "Yes", "No", "<", "<answer>", "</think>", "<type>", "<B>"]),
+    max_size=5,
+).map("".join)
+
+
+_NEAR_MISSES = [  # a whole piece away from a canonical form
+    "<think>{x}</think><answer>Yes</answer>",
+    "<think>{x}</think><location>{l}</location><type>{t}</type><answer>No</answer>",
+    "<think>{x}</think><location>{l}</location><answer>Yes</answer>",
+    "<think>{x}</think><type>{t}</type><location>{l}</location><answer>Yes</answer>",
+    "<think>{x}</think> <answer>No</answer>\n",
+    "<think>{x}</think><answer>No</answer><answer>Yes</answer>",
+]
+
+
+@st.composite
+def _near_canonical(draw) -> str:
+    template = draw(st.sampled_from(_CANONICAL_REPLIES + _NEAR_MISSES))
+    text = template.format(x=draw(_content), l=draw(_content), t=draw(_content))
+    for _ in range(draw(st.integers(0, 2))):
+        i = draw(st.integers(0, len(text)))
+        kind = draw(st.sampled_from(["insert", "delete", "replace"]))
+        c = draw(st.sampled_from(_EDIT_CHARS))
+        if kind == "insert":
+            text = text[:i] + c + text[i:]
+        elif kind == "delete":
+            text = text[:i] + text[i + 1 :]
+        else:
+            text = text[:i] + c + text[i + 1 :]
+    return text
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_near_canonical(), min_size=1, max_size=8))
+def test_bulk_decisions_equal_parse_on_near_canonical_replies(replies):
+    decided = M._bulk_decide(replies).tolist()
+    for reply, d in zip(replies, decided, strict=True):
+        assert d == -1 or d == int(parse(reply).well_formed), reply
+    assert M.consistency_flags(replies).tolist() == [int(parse(r).well_formed) for r in replies]
+
+
+def test_canonical_replies_are_decided_in_bulk():
+    replies = [r.format(x="dark / line > 2\nover é", l="top left", t="scratch") for r in _CANONICAL_REPLIES]
+    assert M._bulk_decide(replies).tolist() == [1, 1, 1, 1]
+    assert M._bulk_decide([r.replace("dark", "<b>dark") for r in replies]).tolist() == [-1, -1, -1, -1]

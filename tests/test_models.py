@@ -112,6 +112,37 @@ def test_max_pixels_caps_qwen_image_tokens(tiny_model):
     assert n_capped == 16  # 56x56: 4x4 patches
 
 
+def test_max_pixels_applies_to_full_processor_calls_without_warnings(tiny_model):
+    """The cap holds through the processor's own call (text + images), and transformers 5's 'min_pixels/max_pixels
+    per call are deprecated' FutureWarning is not raised on every batch."""
+    import warnings
+
+    from iadr1.models.loading import load_processor
+
+    proc = load_processor(tiny_model("qwen2_vl"), max_pixels=56 * 56)
+    big = _images(1)[0].resize((400, 400))
+    text = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}], add_generation_prompt=True
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        enc = proc(text=[text], images=[big], return_tensors="pt")
+    assert enc["image_grid_thw"].prod().item() == 16
+
+
+def test_tiny_vision_options(tmp_path):
+    from iadr1.models.tiny import build_tiny
+
+    path = build_tiny("qwen2_vl", tmp_path / "q", vision_depth=2, vision_dim=96, patch_size=7)
+    vc = json.loads((path / "config.json").read_text())["vision_config"]
+    assert (vc["depth"], vc["embed_dim"], vc["patch_size"], vc["num_heads"]) == (2, 96, 7, 3)
+    assert json.loads((path / "processor_config.json").read_text())["image_processor"]["patch_size"] == 7
+    with pytest.raises(ConfigError, match="Qwen families"):
+        build_tiny("llava", tmp_path / "l", patch_size=7)
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        build_tiny("qwen2_vl", tmp_path / "b", vision_dim=50)
+
+
 # --- tiny checkpoints ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_tiny_checkpoint_loads_and_generates(tiny_model, family):

@@ -199,3 +199,18 @@ def test_cli_synthetic(tmp_path, capsys):
     info = json.loads((tmp_path / "s" / "synthetic.json").read_text())
     assert info["options"]["seed"] == 1 and info["counts"]["train"] == 16
     assert len(json.loads((tmp_path / "s" / "grpo_0shot.json").read_text())) == 16
+
+
+def test_defects_option_draws_only_the_chosen_kinds(tmp_path):
+    from iadr1.data.synthetic import SPECIES, plan_split
+
+    # The default plan is the one every earlier dataset was drawn with: all eight kinds, same order.
+    assert plan_split("train", 64, 0.5, 3) == plan_split("train", 64, 0.5, 3, defects=SPECIES)
+    two = make_dataset(tmp_path / "two", n_train=32, n_test=16, size=48, defects=("stain", "hole"))
+    meta = json.loads(two.meta.read_text())
+    kinds = {e["specie_name"] for entries in meta.values() for e in entries}
+    assert kinds == {"good", "stain", "hole"}
+    assert json.loads(two.info.read_text())["options"]["defects"] == ["stain", "hole"]
+    for bad in ((), ("stain", "rust"), ("hole", "hole")):
+        with pytest.raises(ConfigError, match="defects"):
+            make_dataset(tmp_path / f"bad{len(bad)}", defects=bad)

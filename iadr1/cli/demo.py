@@ -20,14 +20,37 @@ def demo(
     grpo_prompt: str | None = typer.Option(
         None, "--grpo-prompt", help="sft (default: the PA-SFT question) or published (the paper's GRPO prompt)."
     ),
+    warmup_epochs: int | None = typer.Option(
+        None, "--warmup-epochs", help="Vision warm-up epochs before PA-SFT (0: none; default 4)."
+    ),
+    defects: str | None = typer.Option(
+        None,
+        "--defects",
+        help="Comma-separated defect kinds to draw, or 'all' (default: the six a tiny tower sees; docs/demo.md).",
+    ),
 ) -> None:
     """Build data and a tiny model, train PA-SFT then SC-GRPO, and write OUT/report.{json,md,html}."""
+    from pydantic import ValidationError
     from rich.console import Console
 
+    from iadr1.data.synthetic import SPECIES
     from iadr1.demo import QUICK, DemoConfig, run_demo
+    from iadr1.errors import ConfigError
 
     options = {**(QUICK if quick else {}), "out": out, "model": model, "seed": seed}
-    for key, value in (("n_train", n_train), ("grpo_steps", grpo_steps), ("grpo_prompt", grpo_prompt)):
+    if defects is not None:
+        options["defects"] = SPECIES if defects.strip() == "all" else tuple(d.strip() for d in defects.split(","))
+    for key, value in (
+        ("n_train", n_train),
+        ("grpo_steps", grpo_steps),
+        ("grpo_prompt", grpo_prompt),
+        ("warmup_epochs", warmup_epochs),
+    ):
         if value is not None:
             options[key] = value
-    run_demo(DemoConfig(**options), Console())
+    try:
+        cfg = DemoConfig(**options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    run_demo(cfg, Console())

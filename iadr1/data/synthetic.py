@@ -677,16 +677,21 @@ def _per_class(n: int, classes: tuple[str, ...]) -> list[int]:
 
 
 def plan_split(
-    split: str, n: int, defect_rate: float, seed: int, classes: tuple[str, ...] = CLASSES
+    split: str,
+    n: int,
+    defect_rate: float,
+    seed: int,
+    classes: tuple[str, ...] = CLASSES,
+    defects: tuple[str, ...] = SPECIES,
 ) -> list[tuple[str, str]]:
     """(class, specie) for each image of a split: per class exactly rate x count defective (half rounded up),
-    kinds cycling through all eight in a seeded order, positions shuffled by the seed."""
+    kinds cycling through `defects` in a seeded order, positions shuffled by the seed."""
     out: list[tuple[str, str]] = []
     for ci, (cls, k) in enumerate(zip(classes, _per_class(n, classes), strict=True)):
         rng = np.random.default_rng([seed, _split_code(split), 1000 + ci])
         n_bad = int(k * defect_rate + 0.5) if split != "template" else 0  # half up: 2 x 0.25 gives 1, not 0
-        kinds = list(rng.permutation(len(SPECIES)))
-        species = ["good"] * (k - n_bad) + [SPECIES[kinds[i % len(SPECIES)]] for i in range(n_bad)]
+        kinds = list(rng.permutation(len(defects)))
+        species = ["good"] * (k - n_bad) + [defects[kinds[i % len(defects)]] for i in range(n_bad)]
         order = rng.permutation(k)
         out.extend((cls, species[j]) for j in order)
     return out
@@ -738,14 +743,16 @@ def make_dataset(
     on_progress: Callable[[str, int, int], None] | None = None,
     contrast: tuple[float, float] = (0.35, 1.0),
     scale: tuple[float, float] = (0.7, 1.3),
+    defects: tuple[str, ...] | list[str] = SPECIES,
 ) -> SyntheticDataset:
     """Write the demo dataset into `out_dir` (layout in the module docstring) and return its paths.
 
     `n_train`/`n_test` images are spread evenly over `classes`, a fraction `defect_rate` of each class's
     images defective (exactly rounded); `templates` normal references per class; `size` the square image side
     in pixels (at least 48); `contrast` and `scale` the ranges of defect strength and size (see
-    `make_sample`). The training files are built with `iadr1.data.build.build_data` (zero- and
-    one-shot, optional validation split); the test file with `iadr1.data.convert.build_test_file`.
+    `make_sample`); `defects` the kinds drawn (default all eight). The training files are built with
+    `iadr1.data.build.build_data` (zero- and one-shot, optional validation split); the test file with
+    `iadr1.data.convert.build_test_file`.
     """
     from iadr1.data.build import BuildConfig, build_data
     from iadr1.data.convert import build_test_file, scan_layout, write_meta
@@ -763,6 +770,9 @@ def make_dataset(
         raise ConfigError(f"need n_train >= {2 * len(classes)} and n_test >= {len(classes)} for {len(classes)} classes")
     if templates < 1:
         raise ConfigError(f"templates must be at least 1, got {templates}")
+    defects = tuple(defects)
+    if not defects or any(d not in SPECIES for d in defects) or len(set(defects)) != len(defects):
+        raise ConfigError(f"defects must be distinct kinds from {', '.join(SPECIES)}, got {list(defects)}")
     for name, (lo, hi) in (("contrast", contrast), ("scale", scale)):
         if not 0.0 < lo <= hi:
             raise ConfigError(f"{name} must be a range (low, high) with 0 < low <= high, got {(lo, hi)}")
@@ -776,8 +786,8 @@ def make_dataset(
         raise ConfigError(f"{ds_dir}: already exists and is not empty; choose a new output folder")
 
     plans = {
-        "train": plan_split("train", n_train, defect_rate, seed, classes),
-        "test": plan_split("test", n_test, defect_rate, seed, classes),
+        "train": plan_split("train", n_train, defect_rate, seed, classes, defects),
+        "test": plan_split("test", n_test, defect_rate, seed, classes, defects),
         "template": [(c, "good") for c in classes for _ in range(templates)],
     }
     for cls in classes:  # one-shot records pair each training image with another normal one of its class
@@ -849,6 +859,7 @@ def make_dataset(
                 "val_fraction": val_fraction,
                 "contrast": list(contrast),
                 "scale": list(scale),
+                "defects": list(defects),
             },
             "counts": counts,
             "types": DEFECT_TYPES,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import operator
+import re
 import warnings
 from collections.abc import Sequence
 
@@ -88,27 +89,37 @@ def balanced_accuracy(anomalous_correct: int, n_anomalous: int, normal_correct: 
 # ------------------------------------------------------------------------------------------------------------
 # Ranking metrics from p_yes
 # ------------------------------------------------------------------------------------------------------------
+def score_order(score: np.ndarray) -> np.ndarray:
+    """Indices of the items that have a score (not NaN), by ascending score. The order of tied scores does not
+    matter to `grouped_auroc_aupr` (ties are handled as runs), so one sort serves every grouping."""
+    valid = np.flatnonzero(~np.isnan(score))
+    return valid[np.argsort(score[valid])]
+
+
 def grouped_auroc_aupr(
-    group: np.ndarray, n_groups: int, positive: np.ndarray, score: np.ndarray
+    group: np.ndarray,
+    n_groups: int,
+    positive: np.ndarray,
+    score: np.ndarray,
+    by_score: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """AUROC and AUPR (fractions in [0, 1]) per group, over the items whose `score` is not NaN.
 
     AUROC is the Mann-Whitney statistic with tied scores given their average rank (ties count one half).
     AUPR is average precision, sum over distinct thresholds of (recall step) x precision, with no interpolation:
     the same number as scikit-learn's `roc_auc_score` / `average_precision_score`. NaN where a group lacks
-    positives (both) or negatives (AUROC).
+    positives (both) or negatives (AUROC). `by_score`: `score_order(score)`, when the caller already has it.
     """
-    valid = ~np.isnan(score)
-    g, y, s = group[valid].astype(np.int64), positive[valid].astype(bool), score[valid].astype(float)
+    if by_score is None:
+        by_score = score_order(score)
     auroc = np.full(n_groups, np.nan)
     aupr = np.full(n_groups, np.nan)
-    if g.size == 0:
+    if by_score.size == 0:
         return auroc, aupr
-    # By group, then ascending score: a score sort, then a stable sort by group (radix sort for small ints).
-    by_score = np.argsort(s, kind="stable")
+    # By group, then ascending score: the score order, then a stable sort by group (radix sort for small ints).
     small = np.uint16 if n_groups < 2**16 else np.int64
-    order = by_score[np.argsort(g[by_score].astype(small), kind="stable")]
-    g, y, s = g[order], y[order], s[order]
+    order = by_score[np.argsort(group[by_score].astype(small), kind="stable")]
+    g, y, s = group[order].astype(np.int64), positive[order].astype(bool), score[order].astype(float)
     m = g.size
     new_run = np.empty(m, bool)
     new_run[0] = True
@@ -149,81 +160,34 @@ def grouped_auroc_aupr(
 # ------------------------------------------------------------------------------------------------------------
 # Consistency
 # ------------------------------------------------------------------------------------------------------------
-def _word(b: bytes) -> np.uint64:
-    return np.uint64(int.from_bytes(b, "little"))
+# The two forms a trained model writes, exactly: think, location, type contents free of '<' (so no tag can hide in
+# them), no whitespace around the tags, lower-case tags, answer Yes/yes with location and type, No/no without.
+_CANONICAL = re.compile(
+    r"<think>[^<]*</think>"
+    r"(?:<answer>[Nn]o</answer>|<location>[^<]*</location><type>[^<]*</type><answer>[Yy]es</answer>)"
+)
 
 
-_START = _word(b"\x00<think>")
-_YES_TAIL = [b"</type><answer>Yes</answer>", b"</type><answer>yes</answer>"]
-_NO_TAIL = [b"</think><answer>No</answer>", b"</think><answer>no</answer>"]
+def _bulk_decide(texts: Sequence[str]) -> np.ndarray:
+    """Decide consistency for most replies at once: 1 / 0 where it is certain, -1 where `parse` must decide.
 
-
-def _tail_matches(words: np.ndarray, pos: np.ndarray, tails: list[bytes]) -> np.ndarray:
-    """Whether the bytes at `pos` start with one of the `tails` (each 17..32 bytes), read as 8-byte words.
-
-    Alternatives after the first are tried only where the earlier ones failed (the first is the common case).
+    - 1: the reply is exactly one of the two canonical forms (`_CANONICAL`). Its only '<' are those of its own
+      tags, so `parse` finds this answer tag, reads yes (no) from it, and sees exactly the defect (normal) tag
+      sequence with nothing around the tags: well formed.
+    - 0: fewer than four '<'. Both grammars need four tags at least (think and answer, opened and closed), each
+      starting with '<', so `parse` never calls such a reply well formed.
+    One C-level call per reply, no Python frame: the regex is anchored at both ends and has no nested repeats
+    (each `[^<]*` stops at the next '<'), so it runs in time linear in the reply, about 0.25 us for 130 characters.
     """
-    ok = np.zeros(pos.size, bool)
-    todo = np.arange(pos.size)
-    for t in tails:
-        p = pos[todo]
-        hit = np.ones(p.size, bool)
-        for o in [*range(0, len(t) - 7, 8), len(t) - 8]:
-            hit &= words[p + o] == _word(t[o : o + 8])
-        ok[todo[hit]] = True
-        todo = todo[~hit]
-        if todo.size == 0:
-            break
-    return ok
-
-
-def _bulk_decide(raws: Sequence[str | None]) -> np.ndarray:
-    """Decide consistency for most replies at once, without a Python loop: 1 / 0 where it is certain, -1 where
-    `parse` must decide.
-
-    1: the exact form a trained model writes, `<think>X</think><location>L</location><type>T</type><answer>Yes
-    </answer>` or `<think>X</think><answer>No</answer>` (lower-case tags, no whitespace around them, X, L, T free
-    of `<`, answer Yes/yes/No/no), which `parse` always calls well formed. 0: fewer than four `<` (both grammars
-    need four tags at least: think and answer, each opened and closed), which `parse` never calls well formed.
-    Works on all replies joined into one byte buffer: counts of `<` per reply, then 8-byte word comparisons at the
-    tag positions. (A missing reply reads as the text "None": decided 0, and ignored by the caller.)
-    """
-    n = len(raws)
-    out = np.full(n, -1, np.int8)
-    texts = list(map(str, raws))
-    joined = "\x00" + "\x00".join(texts) + "\x00" * 40
-    if joined.count("\x00") != n + 40:  # a NUL inside a reply would shift the record boundaries
-        return out
-    if joined.isascii():  # one byte per character: boundaries from the lengths, no scan of the buffer
-        buf = np.frombuffer(joined.encode("ascii"), np.uint8)
-        nul = np.zeros(n + 1, np.int64)  # nul[r] precedes reply r, nul[r + 1] ends it
-        np.cumsum(np.fromiter(map(len, texts), np.int64, n) + 1, out=nul[1:])
-    else:
-        buf = np.frombuffer(joined.encode("utf-8", "surrogatepass"), np.uint8)
-        nul = np.flatnonzero(buf == 0)[: n + 1]
-    del joined, texts
-    words = np.ndarray(shape=(buf.size - 7,), dtype="<u8", buffer=buf.data, strides=(1,))
-    lt = np.flatnonzero(buf == ord("<"))
-    bounds = np.searchsorted(lt, nul)  # one search per reply, not per '<'
-    first_lt = bounds[:n]  # index in `lt` of each reply's first '<'
-    counts = np.diff(bounds)
-    out[counts < 4] = 0
-    for n_tags, tails in ((8, _YES_TAIL), (4, _NO_TAIL)):
-        r = np.flatnonzero(counts == n_tags)
-        if r.size == 0:
-            continue
-        o = first_lt[r]
-        ok = (lt[o] == nul[r] + 1) & (words[lt[o] - 1] == _START)
-        p1 = lt[o + 1]
-        if n_tags == 8:
-            ok &= _tail_matches(words, p1, [b"</think><location>"])
-            p3 = lt[o + 3]
-            ok &= _tail_matches(words, p3, [b"</location><type>"])
-            last = lt[o + 5]
-        else:
-            last = p1
-        ok &= _tail_matches(words, last, tails) & (last + len(tails[0]) == nul[r + 1])
-        out[r[ok]] = 1
+    n = len(texts)
+    canonical = np.fromiter(map(bool, map(_CANONICAL.fullmatch, texts)), bool, n)
+    out = canonical.astype(np.int8)
+    other = ~canonical
+    idx = np.flatnonzero(other)
+    if idx.size:
+        rest = list(itertools.compress(texts, other.tolist()))
+        n_lt = np.fromiter(map(str.count, rest, itertools.repeat("<")), np.int64, idx.size)
+        out[idx[n_lt >= 4]] = -1
     return out
 
 
@@ -238,12 +202,12 @@ def consistency_flags(raws: Sequence[str | None]) -> np.ndarray:
 
     n = len(raws)
     out = np.full(n, -1, np.int8)
-    n_none = raws.count(None) if isinstance(raws, list) else sum(r is None for r in raws)
-    if n_none == n:
-        return out
-    has = np.ones(n, bool) if n_none == 0 else np.fromiter(map(operator.is_not, raws, itertools.repeat(None)), bool, n)
-    bulk = _bulk_decide(raws)
-    out[has] = bulk[has]
+    try:  # the common case, every reply a string; the string methods of `_bulk_decide` refuse None
+        out[:] = _bulk_decide(raws)  # type: ignore[arg-type]
+        has = np.ones(n, bool)
+    except TypeError:
+        has = np.fromiter(map(operator.is_not, raws, itertools.repeat(None)), bool, n)
+        out[has] = _bulk_decide(list(itertools.compress(raws, has.tolist())))  # type: ignore[arg-type]
     cache: dict[str, bool] = {}
     for i in np.flatnonzero(has & (out == -1)).tolist():
         r = raws[i]
@@ -276,7 +240,15 @@ def bootstrap(conf: np.ndarray, n_boot: int, rng: np.random.Generator) -> dict[s
 def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> np.ndarray:
     """(lower, upper) percentile interval along the last axis, ignoring NaN replicates: shape (..., 2)."""
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices (an absent class) give NaN, as wanted
-        q = np.nanpercentile(replicates, [lo, hi], axis=-1)
-    return np.moveaxis(q, 0, -1)
+    replicates = np.asarray(replicates, dtype=float)
+    rows = replicates.reshape(-1, replicates.shape[-1])
+    q = np.empty((2, rows.shape[0]))
+    # `np.nanpercentile` works one row at a time; rows without NaN (most) go through `np.percentile` at once,
+    # which computes the same numbers (NaN removal aside, both are the same sort-and-interpolate).
+    has_nan = np.isnan(rows).any(axis=-1)
+    q[:, ~has_nan] = np.percentile(rows[~has_nan], [lo, hi], axis=-1)
+    if has_nan.any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices (an absent class) give NaN, as wanted
+            q[:, has_nan] = np.nanpercentile(rows[has_nan], [lo, hi], axis=-1)
+    return np.moveaxis(q.reshape(2, *replicates.shape[:-1]), 0, -1)

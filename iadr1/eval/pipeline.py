@@ -14,6 +14,7 @@ from iadr1.eval.load import (
     SHOW_FIRST,
     GroundTruth,
     Matched,
+    TestFileReader,
     gc_paused,
     load_ground_truth,
     load_predictions,
@@ -126,6 +127,7 @@ def _grouped(
     typ: np.ndarray,
     n_boot: int,
     rng: np.random.Generator,
+    by_score: np.ndarray,
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
     conf = M.confusion(group, n_groups, gt.anomalous, matched.letter_code)
     has_reply = consistent >= 0
@@ -133,7 +135,7 @@ def _grouped(
         np.bincount(group[has_reply], weights=consistent[has_reply], minlength=n_groups),
         np.bincount(group[has_reply], minlength=n_groups),
     )
-    auc = M.grouped_auroc_aupr(group, n_groups, gt.anomalous, matched.p_yes)
+    auc = M.grouped_auroc_aupr(group, n_groups, gt.anomalous, matched.p_yes, by_score)
     tl_parts = []
     for a in (loc, typ):
         judged = ~np.isnan(a)
@@ -184,22 +186,48 @@ def evaluate(
     `compat` labels images by the original rule ("good" in the path means normal) instead of the test file's
     answers. `n_boot` bootstrap replicates (0: none) give 95% intervals, reproducible for a given `seed`.
     """
-    # Millions of records, no reference cycles: the cyclic collector would only rescan them (about 10% of the time).
+    # Millions of records, no reference cycles: the cyclic collector would only rescan them (about 10% of the time
+    # while reading; during the metrics, each full collection walks the lists of a million strings again).
     with gc_paused():
+        return _evaluate(
+            test_files, prediction_files, compat=compat, annotations=annotations, n_boot=n_boot, seed=seed, name=name
+        )
+
+
+def _evaluate(
+    test_files: Sequence[str | os.PathLike],
+    prediction_files: Sequence[str | os.PathLike],
+    *,
+    compat: bool,
+    annotations: Sequence[str | os.PathLike],
+    n_boot: int,
+    seed: int,
+    name: str | None,
+) -> EvalResult:
+    reader = TestFileReader.start(test_files)  # big test files: read on the other core meanwhile
+    if reader is None:
         gt = load_ground_truth(test_files, compat=compat, annotations=annotations)
         preds = load_predictions(prediction_files)
-        matched = match(gt, preds)
-        n_predictions = len(preds.images)
-        # In file order, where the reply strings lie in memory in order (2x faster than in test-file order).
-        flags = M.consistency_flags(preds.raws)
-        del preds  # the records are no longer needed: free them before the metrics
-        consistent = np.full(len(gt), -1, np.int8)
-        consistent[matched.has_prediction] = flags[matched.pred_index[matched.has_prediction]]
+    else:
+        try:
+            preds = load_predictions(prediction_files)
+        except BaseException:
+            reader.cancel()
+            raise
+        gt = load_ground_truth(test_files, compat=compat, annotations=annotations, reader=reader)
+    matched = match(gt, preds)
+    n_predictions = len(preds.images)
+    # In file order, where the reply strings lie in memory in order (2x faster than in test-file order).
+    flags = M.consistency_flags(preds.raws)
+    del preds  # the records are no longer needed: free them before the metrics
+    consistent = np.full(len(gt), -1, np.int8)
+    consistent[matched.has_prediction] = flags[matched.pred_index[matched.has_prediction]]
     loc, typ, notes = _type_location(gt, matched)
     rng = np.random.default_rng(seed)
-
-    ds_dicts, ds_reps = _grouped(gt.dataset_idx, len(gt.datasets), gt, matched, consistent, loc, typ, n_boot, rng)
-    cls_dicts, _ = _grouped(gt.class_idx, len(gt.classes), gt, matched, consistent, loc, typ, n_boot, rng)
+    by_score = M.score_order(matched.p_yes)  # one sort for both groupings
+    args = (gt, matched, consistent, loc, typ, n_boot, rng, by_score)
+    ds_dicts, ds_reps = _grouped(gt.dataset_idx, len(gt.datasets), *args)
+    cls_dicts, _ = _grouped(gt.class_idx, len(gt.classes), *args)
     datasets: dict[str, dict[str, Any]] = {}
     order = sorted(range(len(gt.datasets)), key=lambda i: gt.datasets[i])
     for i in order:

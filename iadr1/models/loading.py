@@ -36,13 +36,8 @@ def load_processor(path: str | os.PathLike, max_pixels: int | None = None, min_p
     from transformers import AutoProcessor, ProcessorMixin
 
     p = _local_dir(path)
-    kwargs: dict[str, Any] = {}
-    if max_pixels is not None:
-        kwargs["max_pixels"] = int(max_pixels)
-    if min_pixels is not None:
-        kwargs["min_pixels"] = int(min_pixels)
     try:
-        processor = AutoProcessor.from_pretrained(p, **kwargs)
+        processor = AutoProcessor.from_pretrained(p)
     except (OSError, ValueError, AttributeError, ImportError) as e:
         raise ConfigError(f"{p}: cannot load the processor ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if not isinstance(processor, ProcessorMixin):
@@ -59,16 +54,19 @@ def load_processor(path: str | os.PathLike, max_pixels: int | None = None, min_p
 
 
 def _set_pixel_bounds(processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
-    """Apply pixel bounds to a Qwen-style image processor (transformers 5 keeps them in `size` too)."""
-    ip = getattr(processor, "image_processor", None)
-    if ip is None or not hasattr(ip, "max_pixels"):
-        return
-    if max_pixels is not None:
-        ip.max_pixels = int(max_pixels)
-    if min_pixels is not None:
-        ip.min_pixels = int(min_pixels)
-    if isinstance(getattr(ip, "size", None), dict) and "longest_edge" in ip.size:
-        ip.size = {"shortest_edge": int(ip.min_pixels), "longest_edge": int(ip.max_pixels)}
+    """Apply pixel bounds to a Qwen-style image processor, whose `size` holds them as shortest/longest edge (in
+    pixels, not sides). Set on the processor rather than passed to `from_pretrained`: transformers 5 turns such
+    kwargs into per-call arguments and warns on every call that they are deprecated."""
+    from transformers.image_processing_utils import SizeDict
+
+    for ip in (getattr(processor, "image_processor", None), getattr(processor, "video_processor", None)):
+        size = getattr(ip, "size", None)
+        get = size.get if isinstance(size, dict) else lambda k, s=size: getattr(s, k, None)
+        if size is None or get("longest_edge") is None:
+            continue  # a fixed-resolution processor (CLIP / SigLIP): nothing to cap
+        lo = int(min_pixels) if min_pixels is not None else int(get("shortest_edge") or 0)
+        hi = int(max_pixels) if max_pixels is not None else int(get("longest_edge"))
+        ip.size = SizeDict(shortest_edge=min(lo, hi), longest_edge=hi)
 
 
 def resolve_dtype(dtype: str = "auto", device: str | None = None) -> torch.dtype:

@@ -314,8 +314,19 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
-def _build_qwen(family: str, hidden_size: int, num_layers: int, vocab: int, seed: int, corpus: Sequence[str] = ()):
+def _build_qwen(
+    family: str,
+    hidden_size: int,
+    num_layers: int,
+    vocab: int,
+    seed: int,
+    corpus: Sequence[str] = (),
+    vision: dict | None = None,
+):
     from transformers import Qwen2VLImageProcessor
+
+    v = {"depth": None, "dim": 64, "patch_size": _PATCH, **(vision or {})}
+    vis_dim, patch = int(v["dim"]), int(v["patch_size"])
 
     tok = _build_tokenizer(_QWEN_SPECIALS, vocab, seed, corpus, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok.padding_side = "left"
@@ -335,11 +346,12 @@ def _build_qwen(family: str, hidden_size: int, num_layers: int, vocab: int, seed
         "vision_end_token_id": ids["<|vision_end|>"],
         "tie_word_embeddings": False,
     }
-    vis_dim = 64  # two heads of 32
+    heads = max(2, vis_dim // 32)  # heads of 32
     image_processor = Qwen2VLImageProcessor(
         size={"shortest_edge": TINY_MIN_PIXELS, "longest_edge": TINY_MAX_PIXELS},
         min_pixels=TINY_MIN_PIXELS,
         max_pixels=TINY_MAX_PIXELS,
+        patch_size=patch,
     )
     if family == "qwen2_vl":
         from transformers import (
@@ -350,11 +362,12 @@ def _build_qwen(family: str, hidden_size: int, num_layers: int, vocab: int, seed
         )
 
         vision = {
-            "depth": 1,
+            "depth": v["depth"] or 1,
             "embed_dim": vis_dim,
             "hidden_size": hidden_size,
-            "num_heads": 2,
+            "num_heads": heads,
             "mlp_ratio": 2,
+            "patch_size": patch,
         }
         config = Qwen2VLConfig(text_config=text, vision_config=vision, **common)
         model_cls, proc_cls, video_cls = (
@@ -370,14 +383,16 @@ def _build_qwen(family: str, hidden_size: int, num_layers: int, vocab: int, seed
             Qwen2VLVideoProcessor,
         )
 
+        depth = v["depth"] or 2
         vision = {
-            "depth": 2,
+            "depth": depth,
             "hidden_size": vis_dim,
             "intermediate_size": vis_dim * 2,
-            "num_heads": 2,
+            "num_heads": heads,
             "out_hidden_size": hidden_size,
-            "fullatt_block_indexes": [1],
-            "window_size": 56,
+            "fullatt_block_indexes": [depth - 1],
+            "window_size": 4 * patch,
+            "patch_size": patch,
         }
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
         model_cls, proc_cls, video_cls = (
@@ -389,6 +404,7 @@ def _build_qwen(family: str, hidden_size: int, num_layers: int, vocab: int, seed
         size={"shortest_edge": TINY_MIN_PIXELS, "longest_edge": TINY_MAX_PIXELS},
         min_pixels=TINY_MIN_PIXELS,
         max_pixels=TINY_MAX_PIXELS,
+        patch_size=patch,
     )
     processor = proc_cls(
         image_processor=image_processor,
@@ -533,6 +549,9 @@ def build_tiny(
     vocab_size: int = 600,
     seed: int = 0,
     corpus: Sequence[str] = (),
+    vision_depth: int | None = None,
+    vision_dim: int = 64,
+    patch_size: int = _PATCH,
 ) -> Path:
     """Build a random tiny checkpoint of `family` into `out_dir` and return the folder.
 
@@ -540,6 +559,9 @@ def build_tiny(
     result is checked by loading it back through `from_pretrained`. Same seed, same weights.
     `corpus`: extra texts the tokenizer is trained on besides its generic corpus (the demo passes its training
     answers, so that they take fewer tokens).
+    `vision_depth`, `vision_dim`, `patch_size` (Qwen families only): the vision tower's blocks (default 1 for
+    Qwen2-VL, 2 for Qwen2.5-VL), width (a multiple of 32) and patch side in pixels; smaller patches see finer
+    detail at the cost of more image tokens (the demo uses 7 px patches: docs/demo.md).
     """
     import torch
     from transformers import GenerationConfig
@@ -553,10 +575,19 @@ def build_tiny(
         raise ConfigError(f"hidden_size must be a positive multiple of 64, got {hidden_size}")
     if num_layers < 1:
         raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
+    vision = {"depth": vision_depth, "dim": vision_dim, "patch_size": patch_size}
+    if (vision_depth, vision_dim, patch_size) != (None, 64, _PATCH):
+        if fam.name not in ("qwen2_vl", "qwen2_5_vl"):
+            raise ConfigError(f"vision_depth/vision_dim/patch_size are for the Qwen families, not {fam.name}")
+        if vision_dim % 32 or vision_dim <= 0 or patch_size < 2 or (vision_depth is not None and vision_depth < 1):
+            raise ConfigError(
+                f"bad vision tower: depth {vision_depth}, dim {vision_dim} (a multiple of 32), "
+                f"patch {patch_size} (>= 2)"
+            )
 
     torch.manual_seed(seed)
     if fam.name in ("qwen2_vl", "qwen2_5_vl"):
-        model, processor, tok = _build_qwen(fam.name, hidden_size, num_layers, vocab_size, seed, corpus)
+        model, processor, tok = _build_qwen(fam.name, hidden_size, num_layers, vocab_size, seed, corpus, vision)
     elif fam.name in ("llava", "llava_next"):
         model, processor, tok = _build_llava(fam.name, hidden_size, num_layers, vocab_size, seed, corpus)
     else:

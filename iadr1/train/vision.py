@@ -1,0 +1,296 @@
+"""Vision warm-up: teach a Qwen-family vision tower where defects are, from pixel masks, before PA-SFT.
+
+    from iadr1.train.vision import VisionWarmupConfig, masked_images, warm_up_vision
+    train = masked_images("data/meta.json", "data/images", split="train")
+    result = warm_up_vision("model", train, "model_warm", VisionWarmupConfig(epochs=8))
+
+Why: IAD-R1 post-trains VLMs whose vision encoders were pretrained on billions of images; a *random* tiny
+model has no such encoder, and the PA-SFT loss alone (one verdict token per image) is far too weak a signal to
+train one (docs/demo.md has the measurements: a random tower learns nothing usable in one PA-SFT pass). This
+stage stands in for the pretrained encoder: the tower and its merger are trained so that each image token's
+features say whether its patch of the image shows a defect, a dense signal (dozens of labels per image, from
+the masks every anomaly dataset ships). A linear head reads the tokens during this stage only and is thrown
+away; the saved checkpoint is the input checkpoint with new vision weights, loadable by every tool.
+
+The loss per image: binary cross-entropy of every token against "at least `min_fraction` of my pixels are
+masked" (positives weighted by `pos_weight`: defects are a few tokens of many), plus `image_loss` x the
+cross-entropy of the image's top token against the image label (defective or not).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from iadr1.errors import ConfigError, DataError
+
+WARMUP_REPORT = "vision_warmup.json"
+_INDEX = "model.safetensors.index.json"
+
+
+class VisionWarmupConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
+    max_pixels: int | None = Field(None, description="Image pixel cap (use the one of training and inference).")
+    seed: int = 0
+    augment: bool = Field(True, description="Random flips and quarter turns, image and mask together.")
+    pos_weight: float = Field(3.0, gt=0)
+    image_loss: float = Field(0.5, ge=0)
+    min_fraction: float = Field(0.02, gt=0, le=1, description="Masked share that makes a token defective.")
+
+
+@dataclass(frozen=True)
+class MaskedImage:
+    """An image, its defect mask (None for a normal image) and its label."""
+
+    image: Path
+    mask: Path | None
+    anomalous: bool
+
+
+def masked_images(
+    meta_json: str | os.PathLike, image_root: str | os.PathLike, split: str = "train"
+) -> list[MaskedImage]:
+    """The images of `split` in a meta.json (entries without a `split` field count as "test"). A defective
+    image without a mask is a DataError: the warm-up needs to know where its defect is."""
+    from iadr1.data.schemas import load_meta
+
+    root = Path(image_root)
+    out: list[MaskedImage] = []
+    for entries in load_meta(meta_json).values():
+        for e in entries:
+            if (getattr(e, "split", None) or "test") != split:
+                continue
+            if e.anomaly and not e.mask_path:
+                raise DataError(f"{meta_json}: {e.img_path}: defective image without a mask_path")
+            out.append(MaskedImage(root / e.img_path, root / e.mask_path if e.anomaly else None, bool(e.anomaly)))
+    if not out:
+        raise DataError(f"{meta_json}: no images with split {split!r}")
+    return out
+
+
+def token_labels(mask: np.ndarray, grid_h: int, grid_w: int, patch: int, merge: int) -> np.ndarray:
+    """The masked share of each image token, row-major over the merged grid ((grid_h/merge) x (grid_w/merge)).
+
+    The processor resizes the image to (grid_h x patch) x (grid_w x patch) pixels and one token covers a square of
+    merge x patch pixels of that; the mask is resized the same way (nearest) and averaged per square."""
+    from PIL import Image
+
+    h, w = grid_h * patch, grid_w * patch
+    m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 127
+    unit = patch * merge
+    return m.reshape(grid_h // merge, unit, grid_w // merge, unit).mean(axis=(1, 3)).reshape(-1)
+
+
+def _load(items: Sequence[MaskedImage]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    from PIL import Image, UnidentifiedImageError
+
+    images, masks = [], []
+    for it in items:
+        try:
+            with Image.open(it.image) as im:
+                img = np.asarray(im.convert("RGB"))
+            if it.mask is None:
+                mask = np.zeros(img.shape[:2], bool)
+            else:
+                with Image.open(it.mask) as mk:
+                    mask = np.asarray(mk.convert("L").resize(img.shape[1::-1], Image.NEAREST)) > 127
+        except (OSError, UnidentifiedImageError) as e:
+            raise DataError(f"{e.filename or it.image}: cannot read image ({type(e).__name__})") from None
+        if it.anomalous and not mask.any():
+            raise DataError(f"{it.mask}: empty mask for a defective image")
+        images.append(img)
+        masks.append(mask)
+    return images, masks
+
+
+def _dihedral(a: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 flips / quarter turns of an HxW(xC) array."""
+    a = np.rot90(a, k % 4)
+    return np.ascontiguousarray(a[:, ::-1] if k >= 4 else a)
+
+
+class _Batcher:
+    """Turns images + masks into (pixel_values, grid_thw, per-token labels, image labels) with the model's own
+    image processor, so that the tokens are the ones the language model will see."""
+
+    def __init__(self, processor: Any, min_fraction: float) -> None:
+        self.ip = processor.image_processor
+        self.patch = int(self.ip.patch_size)
+        self.merge = int(self.ip.merge_size)
+        self.min_fraction = min_fraction
+
+    def __call__(self, images: list[np.ndarray], masks: list[np.ndarray]):
+        import torch
+        from PIL import Image
+
+        enc = self.ip(images=[Image.fromarray(x) for x in images], return_tensors="pt")
+        grid = enc["image_grid_thw"]
+        labels = [
+            token_labels(m, int(g[1]), int(g[2]), self.patch, self.merge) >= self.min_fraction
+            for m, g in zip(masks, grid, strict=True)
+        ]
+        tokens = torch.tensor(np.concatenate(labels), dtype=torch.float32)
+        image = torch.tensor([bool(m.any()) for m in masks], dtype=torch.float32)
+        return enc["pixel_values"], grid, tokens, image
+
+
+def _scores(model: Any, head: Any, pixel_values: Any, grid: Any) -> tuple[Any, list[Any]]:
+    """Token logits (all images concatenated) and each image's slice of them."""
+    import torch
+
+    feats = model.model.get_image_features(pixel_values, grid).pooler_output
+    logits = head(torch.cat(list(feats))).squeeze(-1)
+    return logits, list(torch.split(logits, [len(f) for f in feats]))
+
+
+def _auroc(y: np.ndarray, s: np.ndarray) -> float | None:
+    """Area under the ROC curve from ranks (ties averaged); None when one class is missing."""
+    from scipy.stats import rankdata
+
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if not n1 or not n0:
+        return None
+    r = rankdata(s)
+    return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def evaluate_tower(model: Any, head: Any, batcher: _Batcher, images, masks, batch_size: int = 64) -> dict[str, Any]:
+    """Image-level accuracy (top token > 0), AUROC (top token's logit) and token accuracy of the warm-up head."""
+    import torch
+
+    top, y_img, tok_right, tok_n = [], [], 0, 0
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            pv, grid, tok, img = batcher(images[i : i + batch_size], masks[i : i + batch_size])
+            logits, per_image = _scores(model, head, pv, grid)
+            tok_right += int(((logits > 0).float() == tok).sum())
+            tok_n += len(tok)
+            top += [float(s.max()) for s in per_image]
+            y_img += img.bool().tolist()
+    y, s = np.array(y_img, bool), np.array(top)
+    auroc = _auroc(y, s)
+    return {
+        "accuracy": round(100 * float(((s > 0) == y).mean()), 2),
+        "auroc": None if auroc is None else round(100 * auroc, 2),
+        "token_accuracy": round(100 * tok_right / max(tok_n, 1), 2),
+        "images": len(images),
+    }
+
+
+def warm_up_vision(
+    model_dir: str | os.PathLike,
+    train: Sequence[MaskedImage],
+    out_dir: str | os.PathLike,
+    cfg: VisionWarmupConfig | None = None,
+    held_out: Sequence[MaskedImage] | None = None,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train the vision tower and merger of the Qwen-family checkpoint `model_dir` on `train` (module
+    docstring), save the checkpoint with the new vision weights into `out_dir`, and return the history (also
+    written to `out_dir/vision_warmup.json`). `held_out` images are scored after every epoch (reported only:
+    nothing is chosen on them). `on_epoch(epoch, stats)` is called after each epoch (progress display)."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from iadr1.data.io import atomic_write_json
+    from iadr1.models.loading import load_processor
+    from iadr1.models.registry import family_of
+
+    cfg = cfg or VisionWarmupConfig()
+    family = family_of(model_dir)
+    if family.name not in ("qwen2_vl", "qwen2_5_vl"):
+        raise ConfigError(f"{model_dir}: the vision warm-up supports the Qwen families, not {family.name}")
+    if not train:
+        raise DataError("vision warm-up: no training images")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    processor = load_processor(model_dir, max_pixels=cfg.max_pixels)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    visual = model.model.visual
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in visual.parameters():
+        p.requires_grad_(True)
+    hidden = model.config.text_config.hidden_size
+    head = torch.nn.Linear(hidden, 1)
+    batcher = _Batcher(processor, cfg.min_fraction)
+    images, masks = _load(train)
+    held = _load(held_out) if held_out else None
+
+    params = [*visual.parameters(), *head.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    steps_per_epoch = -(-len(images) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1)
+    pos_weight = torch.tensor(cfg.pos_weight)
+    history: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    if held is not None:  # the random tower, for comparison
+        visual.eval()
+        history.append(
+            {"epoch": 0, "loss": None, "seconds": 0.0, "held_out": evaluate_tower(model, head, batcher, *held)}
+        )
+    for epoch in range(1, cfg.epochs + 1):
+        visual.train()
+        losses = []
+        for idx in np.array_split(rng.permutation(len(images)), steps_per_epoch):
+            ks = rng.integers(0, 8, len(idx)) if cfg.augment else np.zeros(len(idx), int)
+            pv, grid, tok, img = batcher(
+                [_dihedral(images[i], k) for i, k in zip(idx, ks, strict=True)],
+                [_dihedral(masks[i], k) for i, k in zip(idx, ks, strict=True)],
+            )
+            logits, per_image = _scores(model, head, pv, grid)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, tok, pos_weight=pos_weight)
+            if cfg.image_loss:
+                top = torch.stack([s.max() for s in per_image])
+                loss = loss + cfg.image_loss * torch.nn.functional.binary_cross_entropy_with_logits(top, img)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        visual.eval()
+        stats: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": round(float(np.mean(losses)), 4),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        if held is not None:
+            stats["held_out"] = evaluate_tower(model, head, batcher, *held)
+        history.append(stats)
+        if on_epoch is not None:
+            on_epoch(epoch, stats)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.save_pretrained(out)
+    # Everything else (processor, tokenizer, chat template, generation config) is the source's, byte for byte:
+    # saving the loaded processor would write the pixel cap set above into it.
+    for src in Path(model_dir).iterdir():
+        if src.is_file() and src.suffix != ".safetensors" and src.name not in ("config.json", _INDEX):
+            shutil.copy2(src, out / src.name)
+    result = {
+        "model": str(out),
+        "source": str(model_dir),
+        "config": json.loads(cfg.model_dump_json()),
+        "train_images": len(images),
+        "history": history,
+        "final": history[-1].get("held_out"),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    atomic_write_json(out / WARMUP_REPORT, result, indent=1)
+    return result
