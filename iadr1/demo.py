@@ -576,7 +576,8 @@ def _curves(out: Path, path: Path) -> Path | None:
             ax.plot(*zip(*pts, strict=True), label=key)
         ax.set_title(label)
         ax.set_xlabel("optimizer step")
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # nothing logged (a run without logs): no empty legend
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
