@@ -13,7 +13,7 @@ def demo(
     model: Path | None = typer.Option(
         None, "--model", "-m", help="Start from this local checkpoint instead of a random tiny Qwen2-VL."
     ),
-    quick: bool = typer.Option(False, "--quick", help="The shortened demo of the test suite (a few minutes)."),
+    quick: bool = typer.Option(False, "--quick", help="The shortened demo of the test suite (about 90 s)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data, the model and training."),
     n_train: int | None = typer.Option(None, "--n-train", help="Synthetic training images."),
     grpo_steps: int | None = typer.Option(None, "--grpo-steps", help="SC-GRPO optimizer steps."),
@@ -29,7 +29,8 @@ def demo(
         help="Comma-separated defect kinds to draw, or 'all' (default: the six a tiny tower sees; docs/demo.md).",
     ),
 ) -> None:
-    """Build data and a tiny model, train PA-SFT then SC-GRPO, and write OUT/report.{json,md,html}."""
+    """Build data and a tiny model (its vision tower warmed up on the defect masks), train PA-SFT then SC-GRPO,
+    and write OUT/report.{json,md,html}."""
     from pydantic import ValidationError
     from rich.console import Console
 
