@@ -156,17 +156,6 @@ def _scores(model: Any, head: Any, pixel_values: Any, grid: Any) -> tuple[Any, l
     return logits, list(torch.split(logits, [len(f) for f in feats]))
 
 
-def _auroc(y: np.ndarray, s: np.ndarray) -> float | None:
-    """Area under the ROC curve from ranks (ties averaged); None when one class is missing."""
-    from scipy.stats import rankdata
-
-    n1, n0 = int(y.sum()), int((~y).sum())
-    if not n1 or not n0:
-        return None
-    r = rankdata(s)
-    return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
 def evaluate_tower(model: Any, head: Any, batcher: _Batcher, images, masks, batch_size: int = 64) -> dict[str, Any]:
     """Image-level accuracy (top token > 0), AUROC (top token's logit) and token accuracy of the warm-up head."""
     import torch
@@ -180,11 +169,13 @@ def evaluate_tower(model: Any, head: Any, batcher: _Batcher, images, masks, batc
             tok_n += len(tok)
             top += [float(s.max()) for s in per_image]
             y_img += img.bool().tolist()
+    from iadr1.eval.metrics import grouped_auroc_aupr
+
     y, s = np.array(y_img, bool), np.array(top)
-    auroc = _auroc(y, s)
+    auroc = float(grouped_auroc_aupr(np.zeros(len(y), np.int64), 1, y, s)[0][0])  # NaN when a class is missing
     return {
         "accuracy": round(100 * float(((s > 0) == y).mean()), 2),
-        "auroc": None if auroc is None else round(100 * auroc, 2),
+        "auroc": None if np.isnan(auroc) else round(100 * auroc, 2),
         "token_accuracy": round(100 * tok_right / max(tok_n, 1), 2),
         "images": len(images),
     }
