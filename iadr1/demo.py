@@ -145,25 +145,31 @@ QUICK: dict[str, Any] = {
 # ------------------------------------------------------------------------------------------------------------
 # Progress
 # ------------------------------------------------------------------------------------------------------------
+def _progress_bar(title: str, console: Any) -> Any:
+    """The demo's rich progress bar: title, bar, n/total, elapsed, and a free `info` text field."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn(f"[bold]{title}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+    )
+
+
 def _progress_callback(title: str, console: Any, extra: Callable[[dict[str, float]], str]):
     """A transformers TrainerCallback drawing a rich progress bar with the latest logged figures."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from transformers import TrainerCallback
 
     class _Bar(TrainerCallback):
         def __init__(self) -> None:
-            self.progress: Progress | None = None
+            self.progress: Any = None
             self.task: Any = None
 
         def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001 - transformers' signature
-            self.progress = Progress(
-                TextColumn(f"[bold]{title}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.fields[info]}"),
-                console=console,
-            )
+            self.progress = _progress_bar(title, console)
             self.progress.start()
             self.task = self.progress.add_task(title, total=state.max_steps, info="")
 
@@ -295,21 +301,12 @@ def _sft_subset(sft_file: Path, cfg: DemoConfig) -> Path:
 def _warm_up(model: Path, cfg: DemoConfig, ds: Any, console: Any) -> tuple[Path, dict[str, Any]]:
     """The vision warm-up (`iadr1.train.vision`) of a freshly built tiny model on the training images' masks,
     scored on the held-out test images after every epoch (reported, never used to choose anything)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from iadr1.train.vision import VisionWarmupConfig, masked_images, warm_up_vision
 
     train = masked_images(ds.meta, ds.image_root, split="train")
     held = masked_images(ds.meta, ds.image_root, split="test")
     wcfg = VisionWarmupConfig(epochs=cfg.warmup_epochs, lr=cfg.warmup_lr, max_pixels=cfg.max_pixels, seed=cfg.seed)
-    with Progress(
-        TextColumn("[bold]vision warm-up"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-    ) as bar:
+    with _progress_bar("vision warm-up", console) as bar:
         task = bar.add_task("warm-up", total=cfg.warmup_epochs, info=f"{len(train)} images")
 
         def on_epoch(epoch: int, stats: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from iadr1.cli._options import option_error
 from iadr1.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -85,8 +86,7 @@ def build_data(
             splits=split or None,
         )
     except ValidationError as e:
-        err = e.errors()[0]
-        raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+        raise option_error(e) from None
     root = image_root if image_root is not None else meta.parent
     with _progress(console) as on_progress:
         result = run(meta, annotations, root, out, config, on_progress=on_progress)

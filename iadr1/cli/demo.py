@@ -34,9 +34,9 @@ def demo(
     from pydantic import ValidationError
     from rich.console import Console
 
+    from iadr1.cli._options import option_error
     from iadr1.data.synthetic import SPECIES
     from iadr1.demo import QUICK, DemoConfig, run_demo
-    from iadr1.errors import ConfigError
 
     options = {**(QUICK if quick else {}), "out": out, "model": model, "seed": seed}
     if defects is not None:
@@ -52,6 +52,5 @@ def demo(
     try:
         cfg = DemoConfig(**options)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+        raise option_error(e) from None
     run_demo(cfg, Console())
