@@ -54,7 +54,12 @@ def full(location: str, type_: str, answer: str = "Yes", think: str = "A dark li
         ("Surface anomalies", "stain", 0.3),
         ("structural anomaly", "warping", 0.3),
         ("dirt", "surface anomalies", 0.3),
-        ("surface anomaly", "surface anomaly", 0.3),  # the group rule comes before equality, as written
+        # two bare group terms: the group rule is for exactly one; they go on to the later rules
+        ("surface anomaly", "surface anomaly", 1.0),
+        ("structural anomaly", "Structural  Anomaly", 1.0),
+        # "anomaly" is not inside "anomalies"; group terms have no category → 0.4 × ratio ("structural anomal": 17)
+        ("structural anomaly", "structural anomalies", 0.4 * 34 / 38),
+        ("surface anomalies", "structural anomaly", 0.0),  # both groups known and different
         # equal normalised → 1
         ("scratch", "scratch", 1.0),
         ("  Surface   Scratch! ", "surface scratch", 1.0),
@@ -185,8 +190,31 @@ def test_location_cells():
         (full("top left", "scratch", answer="Yes."), YES_TL, 1.0),  # "yes." is not "yes"
         (full("top left", "scratch", answer=" YES "), YES_TL, 2.0),
         ("<answer>Yes</answer>", YES_TL, 1.0),  # no type (0), no location = center ≠ top left (0)
-        ("<answer>Yes</answer><type>hole</type>", YES_CENTER, 2.0),  # no location = center: matches
+        # a missing tag earns nothing; an empty one is read (an empty location is the center)
+        ("<answer>Yes</answer><type>hole</type>", YES_CENTER, 1.5),  # no location tag: location part 0
+        ("<location></location><type>hole</type><answer>Yes</answer>", YES_CENTER, 2.0),
+        ("<location>center</location><answer>Yes</answer>", YES_CENTER, 1.5),  # no type tag: type part 0
         ("<location>top left</location><type>\nscratch</type><answer>Yes</answer>", YES_TL, 1.5),
+        ("<location>top\nleft</location><type>scratch</type><answer>Yes</answer>", YES_TL, 1.5),
+        ("<think>a\nb</think>" + full("top left", "scratch")[len("<think>A dark line.</think>") :], YES_TL, 2.0),
+        # the solution's tags count too: a solution without <location> pays no location, even for "center"
+        (
+            "<location>center</location><type>hole</type><answer>Yes</answer>",
+            "<type>hole</type><answer>Yes</answer>",
+            1.5,
+        ),
+        (
+            "<location>center</location><type>hole</type><answer>Yes</answer>",
+            "<location>center</location><answer>Yes</answer>",
+            1.5,
+        ),
+        ("<answer>Yes</answer>", "<answer>Yes</answer>", 1.0),
+        # two group terms are equal texts (rule 3 of docs/rewards.md)
+        (
+            full("left", "surface anomaly"),
+            "<location>left</location><type>surface anomaly</type><answer>Yes</answer>",
+            2.0,
+        ),
         (full("top left", "scratch")[::-1], YES_TL, 0.0),
         ("", YES_TL, 0.0),
         # a solution without a usable label scores 0 (validate_solution rejects it up front)
@@ -235,14 +263,27 @@ def test_accuracy_strict(completion, solution, expected):
         ("\n" + full("b", "c") + "\n", YES_TL, 1.0),
         (full("b", "c", answer="No"), YES_TL, 1.0),  # the answer is not judged
         ("<think>a</think> <location>b</location><type>c</type><answer>d</answer>", YES_TL, 0.0),
-        ("<think>a\nb</think><location>b</location><type>c</type><answer>d</answer>", YES_TL, 0.0),
+        # DOTALL full match: line breaks anywhere, text around and between the pieces
+        ("<think>a\nb</think><location>b</location><type>c</type><answer>d</answer>", YES_TL, 1.0),
+        ("<think>a</think><location>\nb\n</location><type>c\n</type><answer>\nd</answer>", YES_TL, 1.0),
+        ("Let me look.\n" + full("b", "c") + "\nThat is all.\n", YES_TL, 1.0),
+        ("<think>a</think>\n<location>b</location><type>c</type><answer>d</answer>", YES_TL, 0.0),  # junction
+        ("<think>a</think><location>b</location>\n<type>c</type><answer>d</answer>", YES_TL, 0.0),
+        ("<think>a</think><location>b</location><type>c</type>\n<answer>d</answer>", YES_TL, 0.0),
+        ("<think>a\n</think><location>b</location><type>c</type><answer>d", YES_TL, 0.0),  # unclosed answer
+        ("<think>a</think><location>b</location><type>c</type><answer>d\n</answer>", YES_TL, 1.0),
+        ("<think>x\n</think><answer>No</answer>", YES_TL, 0.0),
         ("<think>a</think><type>c</type><location>b</location><answer>d</answer>", YES_TL, 0.0),
         ("<THINK>a</THINK><location>b</location><type>c</type><answer>d</answer>", YES_TL, 0.0),
         ("<think>a</think><answer>Yes</answer>", YES_TL, 0.0),
         ("<think>x</think><answer>No</answer>", NO, 1.0),
         ("<think>x</think><answer>Yes</answer>", NO, 1.0),
         ("<think><think>x</think><answer>No</answer>", NO, 1.0),  # nested opening tags: still found
-        ("<think>x</think>\n<answer>No</answer>", NO, 0.0),
+        ("<think>x</think>\n<answer>No</answer>", NO, 0.0),  # the junction must be adjacent
+        ("<think>first line\nsecond line</think><answer>No</answer>", NO, 1.0),
+        ("Looking.\n<think>x\ny</think><answer>\nNo\n</answer>\nDone.", NO, 1.0),
+        ("<think>x\n</think><answer>No</answer>\n<type>\n", NO, 0.0),  # a type tag on another line
+        ("<think>\nx<location>\n</think><answer>No</answer>", NO, 0.0),  # a location tag inside think
         ("<think>x</think> <answer>No</answer>", NO, 0.0),
         ("<think>x</think><answer>No</answer><type>stain</type>", NO, 0.0),  # a type tag anywhere
         ("<think>x</think><location>l</location><answer>No</answer>", NO, 0.0),
@@ -336,7 +377,13 @@ def test_parse_solution():
     gt = parse_solution("<location>top left</location><type>scratch</type><answer> Yes </answer>")
     assert (gt.label, gt.location, gt.type, gt.defect) == ("yes", "top left", "scratch", True)
     assert parse_solution("<answer>NO</answer>").label == "no"
-    assert parse_solution("<answer>Yes</answer>").type == ""
+    # absent tag → None, present but empty → "" (the published accuracy pays a part only when both have it)
+    assert (parse_solution("<answer>Yes</answer>").type, parse_solution("<answer>Yes</answer>").location) == (
+        None,
+        None,
+    )
+    assert parse_solution("<location></location><type></type><answer>Yes</answer>").location == ""
+    assert parse_solution("<type>\nhole</type><answer>Yes</answer>").type is None  # split over lines
     for bad in ["", "no", "<answer>maybe</answer>", "<answer>\nYes</answer>", None, 1]:
         assert parse_solution(bad) is None
 

@@ -7,7 +7,7 @@ import time
 from difflib import SequenceMatcher
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from iadr1.answers import first_tag, parse
@@ -24,7 +24,7 @@ from iadr1.rewards import (
     type_category,
     type_score,
 )
-from iadr1.rewards.tags import chain_on_line, first_on_line
+from iadr1.rewards.tags import chain, first_on_line
 
 REWARDS = [accuracy_reward, consistency_reward, accuracy_strict, consistency_strict, tag_count_reward]
 RANGES = {
@@ -83,10 +83,13 @@ def test_solutions_of_any_shape_never_raise(text, solution):
         check(reward, [text], [solution + text])
 
 
-# The published regexes, which the linear-time functions must reproduce exactly.
+# The published rules, restated here with Python's regexes (docs/rewards.md): the linear-time functions and the
+# rewards must give exactly what these give.
 PUBLISHED_TAG = {n: re.compile(rf"<{n}>(.*?)</{n}>") for n in ("think", "location", "type", "answer")}
-PUBLISHED_DEFECT = re.compile(r"<think>.*?</think><location>.*?</location><type>.*?</type><answer>.*?</answer>")
-PUBLISHED_NORMAL = re.compile(r"<think>.*?</think><answer>.*?</answer>")
+PUBLISHED_DEFECT = re.compile(
+    r".*<think>.*?</think><location>.*?</location><type>.*?</type><answer>.*?</answer>.*", re.DOTALL
+)
+PUBLISHED_NORMAL = re.compile(r"^(?!.*<location>)(?!.*<type>).*<think>.*?</think><answer>.*?</answer>.*$", re.DOTALL)
 TIGHT = st.lists(
     st.sampled_from(["<think>", "</think>", "<location>", "</location>", "<type>", "</type>", "<answer>",
                      "</answer>", "\n", "a", "<", "answer>"]),
@@ -94,16 +97,84 @@ TIGHT = st.lists(
 ).map("".join)  # fmt: skip
 
 
+def published_consistency(text: str, solution: str) -> float:
+    label = PUBLISHED_TAG["answer"].search(solution).group(1).strip().lower()
+    pattern = PUBLISHED_DEFECT if label == "yes" else PUBLISHED_NORMAL
+    return 1.0 if pattern.fullmatch(text) else 0.0
+
+
+def published_accuracy(text: str, solution: str) -> float:
+    def tag(name: str, s: str) -> str | None:
+        m = PUBLISHED_TAG[name].search(s)
+        return m.group(1) if m else None
+
+    label = tag("answer", solution).strip().lower()
+    said = tag("answer", text)
+    said = said.strip().lower() if said is not None else None
+    if label == "no":
+        return 1.0 if said == "no" else 0.0
+    parts = 0.0
+    for name, score in (("type", type_score), ("location", location_score)):
+        pred, gt = tag(name, text), tag(name, solution)
+        if pred is not None and gt is not None:  # a part is paid only when both sides have its tag
+            parts += score(pred, gt)
+    return parts / 2 + (1.0 if said == "yes" else 0.0)
+
+
 @settings(max_examples=1000, deadline=None)
 @given(TIGHT)
+@example("<think>\n</think><answer>\n</answer>")  # line breaks inside the pieces: DOTALL
+@example("a\n<think></think><location></location><type></type><answer>\n</answer>\n")
+@example("<think></think>\n<answer></answer>")  # a broken junction
 def test_linear_matching_equals_published_regexes(text):
     for name, pattern in PUBLISHED_TAG.items():
         m = pattern.search(text)
         assert first_on_line(text, f"<{name}>", f"</{name}>") == (m.group(1) if m else None)
     defect = ("<think>", "</think><location>", "</location><type>", "</type><answer>", "</answer>")
-    assert chain_on_line(text, defect) == (PUBLISHED_DEFECT.search(text) is not None)
+    assert chain(text, defect) == (PUBLISHED_DEFECT.fullmatch(text) is not None)
     normal = ("<think>", "</think><answer>", "</answer>")
-    assert chain_on_line(text, normal) == (PUBLISHED_NORMAL.search(text) is not None)
+    no_tags = "<location>" not in text and "<type>" not in text
+    assert (no_tags and chain(text, normal)) == (PUBLISHED_NORMAL.fullmatch(text) is not None)
+
+
+# Realistic sampled replies: the grammar's pieces with line breaks, spaces, text around, tags missing or empty,
+# types and locations from the table, group terms, and off-table words.
+WORDS = ["top left", "upper-left", "bottom", "center", "", "scattered", "right side", "lower right", "middle"]
+TYPES = ["scratch", "surface scratch", "stain", "hole", "surface anomaly", "structural anomalies", "crack", "",
+         "Surface Anomaly", "dirt", "warping", "debris"]  # fmt: skip
+GAP = st.sampled_from(["", "", "", "\n", " ", "\n\n", "ok "])
+PIECE = st.one_of(
+    st.tuples(st.just("think"), st.sampled_from(["A dark line.", "line one\nline two", "", "x\n"])),
+    st.tuples(st.just("location"), st.sampled_from(WORDS + ["top\nleft"])),
+    st.tuples(st.just("type"), st.sampled_from(TYPES + ["\nscratch"])),
+    st.tuples(st.just("answer"), st.sampled_from(["Yes", "No", " yes ", "No.", "\nYes", ""])),
+)
+REPLY = st.lists(st.tuples(GAP, PIECE, st.booleans()), max_size=6).map(
+    lambda ps: "".join(f"{g}<{n}>{c}" + ("" if cut else f"</{n}>") for g, (n, c), cut in ps)
+)
+GT = st.one_of(
+    st.just("<answer>No</answer>"),
+    st.builds(
+        lambda loc, typ, which: (
+            "".join(
+                p
+                for p, keep in ((f"<location>{loc}</location>", which != 1), (f"<type>{typ}</type>", which != 2))
+                if keep
+            )
+            + "<answer>Yes</answer>"
+        ),
+        st.sampled_from(WORDS),
+        st.sampled_from(TYPES),
+        st.sampled_from([0, 0, 0, 1, 2]),
+    ),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(REPLY, GT)
+def test_rewards_equal_the_published_rules(text, solution):
+    assert accuracy_reward([text], [solution]) == [pytest.approx(published_accuracy(text, solution))]
+    assert consistency_reward([text], [solution]) == [published_consistency(text, solution)]
 
 
 @settings(max_examples=500, deadline=None)

@@ -16,15 +16,19 @@ def accuracy_reward(completions: Sequence[Any], solution: Sequence[str], **kwarg
     """The published SC-GRPO accuracy reward, quirks included, in 0..2.
 
     Ground truth "no": 1 if the first `<answer>` of the completion, stripped and lower-cased, is exactly "no",
-    else 0. Ground truth "yes": `(type_score + location_score) / 2 + (1 if the answer is "yes")`, with the
-    completion's first `<location>` and `<type>` ("" when absent). As published: tags are case-sensitive and
-    must open and close on one line; the type and location earn credit even when the answer is "no"; a
-    location without direction words (a missing one too) counts as the center. A solution without a yes/no
-    label scores 0 (see `validate_solution`).
+    else 0. Ground truth "yes": `(type part + location part) / 2 + (1 if the answer is "yes")`. The type part
+    is `type_score` of the first `<type>` texts, paid only when *both* the completion and the solution have a
+    `<type>…</type>`, else 0; the location part likewise with `location_score` and `<location>`. As
+    published: tags are case-sensitive and must open and close on one line (a tag split over lines is
+    absent); the type and location earn credit even when the answer is "no"; a present location without
+    direction words counts as the center (an empty `<location></location>` too; a missing one earns 0). A
+    solution without a yes/no label scores 0 (see `validate_solution`).
 
     >>> sol = "<location>top left</location><type>scratch</type><answer>Yes</answer>"
     >>> accuracy_reward(["<location>upper left</location><type>scratch</type><answer>No</answer>"], [sol])
     [1.0]
+    >>> accuracy_reward(["<type>scratch</type><answer>Yes</answer>"], [sol])
+    [1.5]
     """
     out: list[float] = []
     for completion, sol in zip(completions, align_solutions(solution, len(completions)), strict=False):
@@ -38,10 +42,11 @@ def accuracy_reward(completions: Sequence[Any], solution: Sequence[str], **kwarg
         if gt.label == "no":
             out.append(1.0 if said == "no" else 0.0)
             continue
-        location = first_on_line(text, "<location>", "</location>") or ""
-        type_ = first_on_line(text, "<type>", "</type>") or ""
-        partial = (type_score(type_, gt.type) + location_score(location, gt.location)) / 2
-        out.append(partial + (1.0 if said == "yes" else 0.0))
+        location = first_on_line(text, "<location>", "</location>")
+        type_ = first_on_line(text, "<type>", "</type>")
+        t = type_score(type_, gt.type) if type_ is not None and gt.type is not None else 0.0
+        loc = location_score(location, gt.location) if location is not None and gt.location is not None else 0.0
+        out.append((t + loc) / 2 + (1.0 if said == "yes" else 0.0))
     return out
 
 
@@ -71,7 +76,7 @@ def accuracy_strict(completions: Sequence[Any], solution: Sequence[str], **kwarg
         elif gt.label == "no":
             out.append(1.0)
         else:
-            t = type_score(a.type or "", gt.type)
-            loc = location_score(a.location or "", gt.location, strict=True)
+            t = type_score(a.type or "", gt.type or "")
+            loc = location_score(a.location or "", gt.location or "", strict=True)
             out.append(1.0 + (t + loc) / 2)
     return out

@@ -8,7 +8,7 @@ from typing import Any
 
 from iadr1.answers import DEFECT_GRAMMAR, NORMAL_GRAMMAR, follows_grammar
 from iadr1.rewards.solution import align_solutions, parse_solution
-from iadr1.rewards.tags import chain_on_line, completion_text
+from iadr1.rewards.tags import chain, completion_text
 
 # The literal parts of the published patterns, between their `.*?` gaps.
 _DEFECT_PIECES = ("<think>", "</think><location>", "</location><type>", "</type><answer>", "</answer>")
@@ -19,13 +19,15 @@ _TAG = re.compile(r"<(/?)(think|location|type|answer)>", re.IGNORECASE)
 def consistency_reward(completions: Sequence[Any], solution: Sequence[str], **kwargs: Any) -> list[float]:
     """The published SC-GRPO consistency reward, 0 or 1; the answer's content is not judged.
 
-    Ground truth "yes": 1 if the completion contains, adjacent, in order and on one line,
-    `<think>…</think><location>…</location><type>…</type><answer>…</answer>`. Ground truth "no": 1 if it
-    contains `<think>…</think><answer>…</answer>` on one line and no `<location>` or `<type>` opening tag
-    anywhere. As published: a search (text around the match is allowed), case-sensitive tags, no whitespace
-    between tags, no newline inside them. A solution without a yes/no label scores 0.
+    As published, the whole completion is matched with `re.fullmatch(pattern, text, re.DOTALL)`. Ground truth
+    "yes": `.*<think>.*?</think><location>.*?</location><type>.*?</type><answer>.*?</answer>.*`; ground truth
+    "no": `^(?!.*<location>)(?!.*<type>).*<think>.*?</think><answer>.*?</answer>.*$`. So: any text, line
+    breaks included, may stand before, inside and after the tags; the pieces come in that order with the
+    junctions (`</think><location>`, `</location><type>`, `</type><answer>`, `</think><answer>`) adjacent;
+    for "no", no `<location>` or `<type>` substring anywhere. Tags are case-sensitive. A solution without a
+    yes/no label scores 0.
 
-    >>> consistency_reward(["<think>ok</think><answer>No</answer>", "<think>ok</think> <answer>No</answer>"],
+    >>> consistency_reward(["<think>o\\nk</think><answer>No</answer>", "<think>ok</think> <answer>No</answer>"],
     ...                    ["<answer>No</answer>"] * 2)
     [1.0, 0.0]
     """
@@ -37,9 +39,9 @@ def consistency_reward(completions: Sequence[Any], solution: Sequence[str], **kw
             continue
         text = completion_text(completion)
         if gt.label == "yes":
-            ok = chain_on_line(text, _DEFECT_PIECES)
+            ok = chain(text, _DEFECT_PIECES)
         else:
-            ok = "<location>" not in text and "<type>" not in text and chain_on_line(text, _NORMAL_PIECES)
+            ok = "<location>" not in text and "<type>" not in text and chain(text, _NORMAL_PIECES)
         out.append(1.0 if ok else 0.0)
     return out
 
@@ -49,9 +51,9 @@ def consistency_strict(completions: Sequence[Any], solution: Sequence[str], **kw
 
     The reply must be exactly the grammar of REFERENCE.md section 1 for the ground truth (yes: think,
     location, type, answer; no: think, answer), each tag once, with only whitespace around tags; tags are
-    case-insensitive and contents may span lines. Why: the published check fails a reply for a newline
-    inside `<think>` or a space between tags (both common in sampled text) yet passes one with junk or extra
-    tags around the matching part.
+    case-insensitive and contents may span lines. Why: the published check fails a reply for a space or a
+    line break between two tags (common in sampled text) yet passes one with junk or extra tags around the
+    matching part.
 
     >>> ok = "<think>multi\\nline</think>\\n<answer>No</answer>"
     >>> junk = "<think>a</think><answer>No</answer> ok"

@@ -211,7 +211,9 @@ def _score(pred: str, gt: str) -> float:
     mg = _lookup_cached(g) if len(g) <= _CACHE_MAX_LEN else _lookup(g)
     if mp.group is not None and mg.group is not None and mp.group != mg.group:
         return 0.0
-    if (p in GROUP_TERMS and GROUP_TERMS[p] == mg.group) or (g in GROUP_TERMS and GROUP_TERMS[g] == mp.group):
+    # Exactly one side a bare group term: two group terms go on to the later rules (equal texts score 1.0).
+    p_group, g_group = p in GROUP_TERMS, g in GROUP_TERMS
+    if p_group != g_group and ((p_group and GROUP_TERMS[p] == mg.group) or (g_group and GROUP_TERMS[g] == mp.group)):
         return 0.3
     if p == g:
         return 1.0
@@ -232,8 +234,8 @@ _score_cached = lru_cache(maxsize=65536)(_score)
 def type_score(pred: str, gt: str) -> float:
     """Similarity of a predicted defect type to the ground-truth type, 0..1 (REFERENCE.md section 4).
 
-    Rules on normalised texts, first that applies: either empty → 0; both groups known and different → 0; one
-    side a bare group term naming the other's group → 0.3; equal → 1; one contains the other → 0.85; a side
+    Rules on normalised texts, first that applies: either empty → 0; both groups known and different → 0;
+    exactly one side a bare group term naming the other's group → 0.3; equal → 1; one contains the other → 0.85; a side
     without category → 0.4 × ratio if ratio >= 0.7 else 0; same category → 0.6 + 0.25 × min(confidences);
     same group → 0.3.
 

@@ -14,11 +14,15 @@ LABELS = ("yes", "no")
 
 @dataclass(frozen=True)
 class GroundTruth:
-    """What a `solution` says: `label` yes/no; for a defect, the raw location and type ("" if absent)."""
+    """What a `solution` says: `label` yes/no; for a defect, the raw location and type.
+
+    `location` / `type` are None when the solution has no such tag and "" when the tag is there but empty:
+    the published accuracy pays a part only when both the completion and the solution have its tag.
+    """
 
     label: str
-    location: str = ""
-    type: str = ""
+    location: str | None = None
+    type: str | None = None
 
     @property
     def defect(self) -> bool:
@@ -35,8 +39,8 @@ def _parse_cached(solution: str) -> GroundTruth | None:
         return None
     if label == "no":
         return GroundTruth("no")
-    location = first_on_line(solution, "<location>", "</location>") or ""
-    type_ = first_on_line(solution, "<type>", "</type>") or ""
+    location = first_on_line(solution, "<location>", "</location>")
+    type_ = first_on_line(solution, "<type>", "</type>")
     return GroundTruth("yes", location, type_)
 
 
@@ -44,8 +48,8 @@ def parse_solution(solution: object) -> GroundTruth | None:
     """The ground truth of a solution, read as the published code reads it; None when it has no usable label.
 
     Label: the first `<answer>…</answer>` on one line (case-sensitive tags), stripped and lower-cased; it
-    must be "yes" or "no". Location and type: the first `<location>` / `<type>` tags, raw ("" when
-    absent). Never raises.
+    must be "yes" or "no". Location and type: the first `<location>` / `<type>` on one line, raw (None
+    when absent). Never raises.
 
     >>> parse_solution("<location>top left</location><type>scratch</type><answer>Yes</answer>")
     GroundTruth(label='yes', location='top left', type='scratch')

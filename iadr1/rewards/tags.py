@@ -1,10 +1,11 @@
 """The published tag matching, reproduced exactly and in linear time.
 
-The original reads tags with Python regexes without flags: `<answer>(.*?)</answer>` (first match,
-case-sensitive, `.` stops at a newline) and `<think>.*?</think><location>.*?</location>...` searched
-anywhere in the reply. Those regexes backtrack quadratically on unclosed tags: 12 s for 100 KB of
-`<answer>` measured here, a quarter of an hour for 1 MB. The functions below return exactly what the
-regexes return (a test compares them on random tag soup) with a handful of `str.find` calls per line.
+The original reads a tag's content with a regex without flags, `<answer>(.*?)</answer>` (first match,
+case-sensitive, `.` stops at a newline), and checks the format by matching the whole reply with DOTALL
+against `.*<think>.*?</think><location>.*?</location>...<answer>.*?</answer>.*` (line breaks allowed
+anywhere). Such lazy regexes backtrack quadratically on unclosed tags: 12 s for 100 KB of `<answer>`
+measured here, a quarter of an hour for 1 MB. The functions below return exactly what the regexes return
+(a test compares them on random tag soup) with a handful of `str.find` calls per line.
 """
 
 from __future__ import annotations
@@ -69,29 +70,21 @@ def first_on_line(text: str, open_tag: str, close_tag: str) -> str | None:
         pos = eol + 1
 
 
-def chain_on_line(text: str, pieces: tuple[str, ...]) -> bool:
-    """True when `pieces[0] .*? pieces[1] .*? ...` occurs within one line: the published format `re.search`.
+def chain(text: str, pieces: tuple[str, ...]) -> bool:
+    """True when `pieces[0] .*? pieces[1] .*? ...` occurs anywhere, newlines included (the published DOTALL match).
 
-    `pieces` are the literal parts between the `.*?` gaps: `("<think>", "</think><answer>", "</answer>")`.
-    Taking the earliest occurrence of each piece leaves the most room for the next, so a greedy scan from the
-    first `pieces[0]` of a line decides that line.
+    The published consistency check is `re.fullmatch(".*" + pattern + ".*", text, re.DOTALL)`: any text,
+    line breaks too, may stand before, between and after the pieces. `pieces` are the literal parts between the
+    `.*?` gaps: `("<think>", "</think><answer>", "</answer>")`. Taking the earliest occurrence of each piece
+    leaves the most room for the next, so one greedy scan decides.
+
+    >>> chain("<think>a\\nb</think><answer>No</answer>", ("<think>", "</think><answer>", "</answer>"))
+    True
     """
-    first, rest = pieces[0], pieces[1:]
-    pos = 0
-    while True:
-        start = text.find(first, pos)
-        if start < 0:
+    p = 0
+    for piece in pieces:
+        i = text.find(piece, p)
+        if i < 0:
             return False
-        eol = text.find("\n", start)
-        stop = len(text) if eol < 0 else eol
-        p = start + len(first)
-        for piece in rest:
-            i = text.find(piece, p, stop)
-            if i < 0:
-                break
-            p = i + len(piece)
-        else:
-            return True
-        if eol < 0:
-            return False
-        pos = eol + 1
+        p = i + len(piece)
+    return True
