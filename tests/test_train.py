@@ -2,8 +2,8 @@
 
 What is asserted is behaviour, not a green run: SFT lowers the loss on a fixed batch and leaves the frozen vision
 tower as it was; GRPO with a graded reward moves the weights and raises the mean reward (and a reward that is 0
-everywhere moves nothing: the control); resume continues from the saved step; a bad record fails before any
-training; the saved folder loads back and generates.
+everywhere moves nothing: the control); a bad record fails before any training; the saved folder loads back and
+generates. Resume is tested in test_train_resume.py.
 """
 
 from __future__ import annotations
@@ -246,36 +246,6 @@ def test_merge_refuses_a_quantized_base(tiny_model_factory, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 # Resume, bad records
 # ---------------------------------------------------------------------------------------------------------------------
-def test_resume_continues_from_the_saved_step(tiny_model_factory, data, tmp_path):
-    from transformers import TrainerCallback
-
-    from iadr1.train.sft import run_sft
-
-    class Steps(TrainerCallback):
-        def __init__(self):
-            self.begin, self.done = None, 0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.begin = state.global_step
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.done += 1
-
-    base, out = tiny_model_factory("qwen2_vl"), tmp_path / "out"
-    first = Steps()
-    run_sft(sft_config(base, data["zero"], out, max_steps=2, save_steps=1), callbacks=[first])
-    assert first.done == 2 and (out / "checkpoint-2").is_dir()
-
-    second = Steps()
-    run_sft(sft_config(base, data["zero"], out, max_steps=4, save_steps=1), callbacks=[second])
-    assert second.done == 2, "resumed at step 2, so only steps 3 and 4 run"
-    assert [h["step"] for h in history(out) if "loss" in h] == [1, 2, 3, 4]
-
-    fresh = Steps()
-    run_sft(sft_config(base, data["zero"], out, max_steps=1, resume=False), callbacks=[fresh])
-    assert fresh.begin == 0 and fresh.done == 1
-
-
 def _broken_copy(src: Path, dst: Path, name: str, line: int, edit) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "img").symlink_to(src / "img")

@@ -233,6 +233,7 @@ def test_rows_resolve_images_and_split_prompt_from_answer(tmp_path):
         "prompt": [{"role": "user", "content": "P?"}],
         "images": [str(root / "img" / "a.png")] * 2,
         "solution": "<answer>Yes</answer>",
+        "_record": f"{root / 'grpo.jsonl'}: record 'line 1'",
     }
 
 

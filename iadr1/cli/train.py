@@ -42,6 +42,12 @@ _GC = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
 _DEEPSPEED = typer.Option(None, "--deepspeed", help="zero2, zero3 (shipped templates) or a DeepSpeed JSON file.")
 _PRECISION = typer.Option(None, "--precision", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32.")
 _REPORT = typer.Option(None, "--report-to", help="none, tensorboard or wandb.")
+_SAVE_STEPS = typer.Option(None, "--save-steps", help="Save a resumable checkpoint every this many optimizer steps.")
+_SKIP_BAD = typer.Option(
+    None,
+    "--skip-bad-images/--no-skip-bad-images",
+    help="Drop records whose image is missing or corrupt (listed in image_check.json) instead of failing.",
+)
 _RESUME = typer.Option(
     None, "--resume/--no-resume", help="Resume from the last checkpoint in the output dir (default: yes)."
 )
@@ -111,6 +117,8 @@ def sft(
     precision: str | None = _PRECISION,
     report_to: str | None = _REPORT,
     resume: bool | None = _RESUME,
+    save_steps: int | None = _SAVE_STEPS,
+    skip_bad_images: bool | None = _SKIP_BAD,
     system_prompt: str | None = _SYSTEM,
     max_length: int | None = typer.Option(None, "--max-length", help="Truncate sequences (default: never)."),
     set_: list[str] | None = _SET,
@@ -152,6 +160,8 @@ def grpo(
     precision: str | None = _PRECISION,
     report_to: str | None = _REPORT,
     resume: bool | None = _RESUME,
+    save_steps: int | None = _SAVE_STEPS,
+    skip_bad_images: bool | None = _SKIP_BAD,
     system_prompt: str | None = _SYSTEM,
     reward: list[str] | None = typer.Option(
         None,

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("iadr1.train")
 
 LOG_HISTORY_FILENAME = "log_history.json"
+IMAGE_CHECK_FILENAME = "image_check.json"
 LIVE_LOG_FILENAME = "log_history.jsonl"
 ADAPTER_DIRNAME = "adapter"
 
@@ -39,6 +40,93 @@ def check_family(cfg: _RunConfig) -> Family:
     return family
 
 
+def preflight(cfg: _RunConfig) -> Family:
+    """The checks that need neither torch nor TRL, so that a typo costs a second, not a model load: the model
+    folder and its family, the dataset file, the image root."""
+    family = check_family(cfg)
+    if not Path(cfg.dataset).is_file():
+        raise ConfigError(f"{cfg.dataset}: dataset file not found")
+    if cfg.image_root is not None and not Path(cfg.image_root).is_dir():
+        raise ConfigError(f"{cfg.image_root}: image root folder not found")
+    return family
+
+
+def checked_rows(rows: list[dict[str, Any]], cfg: _RunConfig, args: Any) -> list[dict[str, Any]]:
+    """Decode every training image once (`train.data.check_images`) on the main process only; under a launcher
+    the other ranks wait and read its verdict (`<output_dir>/image_check.json`), so all drop the same records.
+
+    Call it after the TRL config exists (that sets up the processes) and before the model loads.
+    """
+    import json
+
+    from iadr1.data.io import atomic_write_json
+    from iadr1.train.data import RECORD_KEY, check_images
+
+    path = Path(cfg.output_dir) / IMAGE_CHECK_FILENAME
+    with args.main_process_first(desc="checking training images"):
+        if args.process_index == 0:
+            kept, problems = check_images(rows, skip_bad=cfg.skip_bad_images)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(
+                path, {"images_checked": len({p for r in rows for p in r["images"]}), "skipped": problems}
+            )
+        else:
+            problems = json.loads(path.read_text())["skipped"]
+            dropped = {p["record"] for p in problems}
+            kept = [r for r in rows if r[RECORD_KEY] not in dropped]
+    if problems:
+        records = sorted({p["record"] for p in problems})
+        logger.warning(
+            "skipped %d record(s) with a bad image (listed in %s), e.g. %s: %s",
+            len(records),
+            path,
+            problems[0]["image"],
+            problems[0]["problem"],
+        )
+    return kept
+
+
+def warn_learn_nothing_callback(zero_spread_steps: int = 0) -> TrainerCallback:
+    """Warnings for settings that make a run learn nothing, as soon as they show.
+
+    - At the start: a learning rate that never leaves warm-up (warm-up steps >= the run's steps).
+    - SC-GRPO (`zero_spread_steps` > 0): every group's completions scored alike (TRL's `frac_reward_zero_std`
+      of 1) for that many logged steps in a row; all advantages are then 0 and no weight moves.
+    """
+    from transformers import TrainerCallback
+
+    class LearnNothing(TrainerCallback):
+        def __init__(self) -> None:
+            self.flat = 0
+            self.warned = False
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001 - transformers' signature
+            warmup = args.get_warmup_steps(state.max_steps) if state.max_steps > 0 else 0
+            if state.max_steps > 0 and warmup >= state.max_steps:
+                logger.warning(
+                    "warm-up is %d steps but the run has %d: the learning rate never reaches its peak "
+                    "(lower warmup_steps or raise max_steps)",
+                    warmup,
+                    state.max_steps,
+                )
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            share = (logs or {}).get("frac_reward_zero_std")
+            if not zero_spread_steps or share is None:
+                return
+            self.flat = self.flat + 1 if share >= 1.0 else 0
+            if self.flat >= zero_spread_steps and not self.warned:
+                self.warned = True
+                logger.warning(
+                    "SC-GRPO: for %d logged steps in a row every group of completions got the same reward, so "
+                    "every advantage is 0 and nothing is learned. Make completions differ (raise temperature or "
+                    "num_generations), check that the rewards can tell them apart, or start from a PA-SFT model.",
+                    self.flat,
+                )
+
+    return LearnNothing()
+
+
 def trl_args(trl_cls: type, kwargs: dict[str, Any]) -> Any:
     """Build TRL's SFTConfig/GRPOConfig; its ValueErrors (e.g. a generation batch that does not hold whole
     groups of completions for this number of processes) become one-line ConfigErrors."""
@@ -48,11 +136,165 @@ def trl_args(trl_cls: type, kwargs: dict[str, Any]) -> Any:
         raise ConfigError(f"{trl_cls.__name__}: {str(e).strip().splitlines()[0]}") from None
 
 
-def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The newest `checkpoint-N` folder in `output_dir`, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
+CHECKPOINT_PREFIX = "checkpoint-"
 
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is not whole (None: it is): its header must parse and its size match it."""
+    import json
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                return f"{path.name} is cut short"
+            header = json.loads(f.read(n))
+    except (OSError, struct.error, ValueError, UnicodeDecodeError):
+        return f"{path.name} is unreadable"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    return None if size == 8 + n + end else f"{path.name} is cut short ({size} of {8 + n + end} bytes)"
+
+
+def _torch_file_problem(path: Path) -> str | None:
+    """Why a torch.save file (a zip archive) is not whole: a cut file has no readable central directory."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            z.infolist()
+    except (OSError, zipfile.BadZipFile):
+        return f"{path.name} is cut short or unreadable"
+    return None
+
+
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """Why `folder` (a `checkpoint-N` the Trainer wrote) cannot be resumed from, or None when it is complete.
+
+    A kill during a save leaves a folder without `trainer_state.json` (the Trainer writes it last) or with a
+    torn weight or optimizer file; resuming from it would fail deep inside transformers or, worse, restore
+    garbage. Weights are checked against their safetensors header, torch files against their zip directory.
+    """
+    import json
+
+    folder = Path(folder)
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json (the save was interrupted)"
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError):
+        return "trainer_state.json is torn"
+    weights = sorted(folder.glob("*.safetensors"))
+    deepspeed_state = (folder / "latest").is_file()
+    if not weights and not deepspeed_state:
+        return "no model weights"
+    for f in weights:
+        if why := _safetensors_problem(f):
+            return why
+    for name in ("optimizer.pt", "scheduler.pt"):
+        f = folder / name
+        if f.exists() and (why := _torch_file_problem(f)):
+            return why
+    if not deepspeed_state and not (folder / "optimizer.pt").is_file():
+        return "no optimizer.pt"
+    return None
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest complete `checkpoint-N` folder in `output_dir`, or None.
+
+    Incomplete ones (`checkpoint_problem`) are skipped with one warning line each, so a run killed while it
+    saved resumes from the checkpoint before (or starts fresh when there is none).
+    """
+    out = Path(output_dir)
+    if not out.is_dir():
+        return None
+    found = []
+    for d in out.iterdir():
+        step = d.name[len(CHECKPOINT_PREFIX) :]
+        if d.is_dir() and d.name.startswith(CHECKPOINT_PREFIX) and step.isdigit():
+            found.append((int(step), d))
+    for _, d in sorted(found, reverse=True):
+        why = checkpoint_problem(d)
+        if why is None:
+            return str(d)
+        logger.warning("skipping %s: %s", d, why)
+    return None
+
+
+def _disk_to_memory_names(model: PreTrainedModel) -> dict[str, str]:
+    """Map the weight names `save_pretrained` writes to the names of `model.state_dict()`.
+
+    transformers 5 renames some families' weights between the file and the module tree (Qwen2-VL's
+    `model.layers.*` on disk is `model.language_model.layers.*` in memory) and reverts the renaming when it
+    saves. The Trainer's resume loads a checkpoint with a plain `load_state_dict`, so every key misses and
+    the weights silently stay where they were. Reverting the model's own state dict the way a save does, and
+    matching tensors by identity, gives the exact map (renamings keep the tensor objects).
+    """
+    from transformers.core_model_loading import revert_weight_conversion
+
+    memory = model.state_dict()
+    by_id = {id(t): k for k, t in memory.items()}
+    return {disk: by_id[id(t)] for disk, t in revert_weight_conversion(model, dict(memory)).items() if id(t) in by_id}
+
+
+def check_load(model: Any, missing: Any, unexpected: Any, where: str) -> None:
+    """A weight-key mismatch is an error, not a warning to scroll past.
+
+    The only keys allowed to be missing are parameters that share their storage with a loaded one (a tied
+    `lm_head`): they come back with the weight they are tied to.
+    """
+    missing, unexpected = sorted(missing or ()), sorted(unexpected or ())
+    if missing:
+        tensors = model.state_dict()
+        loaded = {tensors[k].data_ptr() for k in tensors if k not in set(missing)}
+        missing = [k for k in missing if k not in tensors or tensors[k].data_ptr() not in loaded]
+    if missing or unexpected:
+
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+        parts = [f"{len(missing)} missing ({show(missing)})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected ({show(unexpected)})"] if unexpected else []
+        raise ConfigError(f"{where}: weight keys do not match the model: {'; '.join(parts)}")
+
+
+def load_checkpoint_weights(model: PreTrainedModel, folder: str | os.PathLike) -> None:
+    """Load a full-model `checkpoint-N` written by the Trainer into `model`, every key or an error."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    files = sorted(folder.glob("model*.safetensors"))
+    state: dict[str, Any] = {}
+    for f in files:
+        state.update(load_file(str(f), device="cpu"))
+    names = _disk_to_memory_names(model)
+    result = model.load_state_dict({names.get(k, k): v for k, v in state.items()}, strict=False)
+    check_load(model, result.missing_keys, result.unexpected_keys, str(folder))
+
+
+class ExactResume:
+    """Trainer mixin: resuming restores the checkpoint's weights (not only step, optimizer and data order).
+
+    Full-model checkpoints are loaded through `load_checkpoint_weights` (names mapped, every key checked);
+    LoRA adapters, DeepSpeed and FSDP checkpoints keep the Trainer's own loading, which reads them correctly.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        target = self.model if model is None else model
+        full = any(Path(resume_from_checkpoint).glob("model*.safetensors"))
+        if full and not self.is_deepspeed_enabled and not self.is_fsdp_enabled and not hasattr(target, "peft_config"):
+            logger.info("loading weights from %s", resume_from_checkpoint)
+            load_checkpoint_weights(target, resume_from_checkpoint)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)  # type: ignore[misc]
+
+
+def with_exact_resume(trainer_cls: type) -> type:
+    """`trainer_cls` with `ExactResume` in front (for TRL trainers used as they are, like SFTTrainer)."""
+    return type(trainer_cls.__name__, (ExactResume, trainer_cls), {})
 
 
 def load_model_for_training(cfg: _RunConfig, family: Family) -> PreTrainedModel:
@@ -76,7 +318,12 @@ def load_model_for_training(cfg: _RunConfig, family: Family) -> PreTrainedModel:
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
-    model = getattr(transformers, family.model_class).from_pretrained(cfg.model, **kwargs)
+    model, info = getattr(transformers, family.model_class).from_pretrained(
+        cfg.model, output_loading_info=True, **kwargs
+    )
+    check_load(model, info.get("missing_keys"), info.get("unexpected_keys"), cfg.model)
+    if info.get("mismatched_keys"):
+        raise ConfigError(f"{cfg.model}: weights of the wrong shape: {sorted(info['mismatched_keys'])[:3]}")
     if cfg.freeze_vision and not cfg.lora:
         frozen, trainable = freeze_modules(model, family)
         logger.info("vision tower and projector frozen: %d parameters frozen, %d trainable", frozen, trainable)

@@ -97,10 +97,14 @@ class _RunConfig(BaseModel):
     deepspeed: str | None = Field(None, description="zero2, zero3 (shipped templates) or a DeepSpeed JSON path.")
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
     logging_steps: int = Field(1, ge=1)
-    save_steps: int = Field(500, ge=1)
+    save_steps: int = Field(500, ge=1, description="Save a resumable checkpoint every this many optimizer steps.")
     save_total_limit: int | None = 2
     resume: bool = Field(True, description="Resume from the last checkpoint in output_dir if there is one.")
     num_workers: int = Field(0, ge=0, description="Data-loader worker processes.")
+    skip_bad_images: bool = Field(
+        False,
+        description="Drop records whose image is missing or corrupt (listed in image_check.json) instead of failing.",
+    )
     trl_args: dict[str, Any] = Field(default_factory=dict, description="Extra TRL/transformers config fields.")
 
     @field_validator("model", mode="before")
@@ -245,6 +249,11 @@ class GRPORunConfig(_RunConfig):
     vllm_gpu_memory_utilization: float = 0.3
     vllm_tensor_parallel_size: int = 1
     completions_to_log: int = Field(8, ge=0, description="Sample completions written per logging step (JSONL).")
+    zero_spread_warn_steps: int = Field(
+        10,
+        ge=0,
+        description="Warn when every group's rewards are equal for this many logged steps in a row (0: never).",
+    )
 
     @field_validator("rewards", mode="before")
     @classmethod

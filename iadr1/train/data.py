@@ -3,7 +3,9 @@
 PA-SFT records become prompt/completion pairs (TRL's vision collator then puts the loss on the answer only);
 SC-GRPO records become conversational prompts with their images and `solution` (read by the rewards).
 Every record is checked before training starts; the first bad one is a one-line `DataError` naming file and
-record.
+record. `check_images` then decodes every image once, in parallel (a truncated file passes an existence check
+and would otherwise fail mid-training), and fails or, when asked, skips and records the records that use a bad
+one.
 
 Images stay paths in the Arrow table and are opened, converted to RGB and resized in a lazy transform (a
 dataset of thousands of images never sits in memory). Resizing here, before any processor, is what keeps the
@@ -114,6 +116,36 @@ def _with_system(messages: list[dict[str, str]], system_prompt: str | None) -> l
     return messages
 
 
+RECORD_KEY = "_record"  # where a row came from ("FILE: record 'line 3'"), for messages; not a dataset column
+
+
+def check_images(
+    rows: list[dict[str, Any]], skip_bad: bool = False, workers: int | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Decode every image of the rows once; return (rows kept, problems).
+
+    A bad image (missing, truncated, not an image) is a `DataError` naming the record, the file and the
+    problem, with the count of others; with `skip_bad` the records that use one are dropped instead and
+    listed in the problems (`{"record", "image", "problem"}`). Decoding runs in a process pool
+    (`iadr1.data.build.validate_images`, the same check `build-data` makes).
+    """
+    from iadr1.data.build import validate_images
+
+    paths = sorted({p for r in rows for p in r["images"]})
+    bad = validate_images(paths, workers=workers)
+    if not bad:
+        return rows, []
+    problems = [{"record": r[RECORD_KEY], "image": p, "problem": bad[p]} for r in rows for p in r["images"] if p in bad]
+    if not skip_bad:
+        first = problems[0]
+        more = f" ({len(bad) - 1} more bad image(s); skip_bad_images: true drops their records)" if len(bad) > 1 else ""
+        raise DataError(f"{first['record']}: image {first['image']}: {first['problem']}{more}")
+    kept = [r for r in rows if not any(p in bad for p in r["images"])]
+    if not kept:
+        raise DataError(f"every record uses a bad image ({len(bad)} bad image(s), e.g. {problems[0]['image']})")
+    return kept, problems
+
+
 def read_sft_rows(
     path: str | os.PathLike, image_root: str | os.PathLike | None = None, system_prompt: str | None = None
 ) -> list[dict[str, Any]]:
@@ -140,6 +172,7 @@ def read_sft_rows(
                 "prompt": _with_system(messages[:-1], system_prompt),
                 "completion": [messages[-1]],
                 "images": images,
+                RECORD_KEY: where,
             }
         )
     if not rows:
@@ -169,7 +202,7 @@ def read_grpo_rows(
         images = _image_paths(rec.image, root, where)
         messages = _with_system([{"role": "user", "content": rec.problem}], system_prompt)
         _check_markers(messages, len(images), where)
-        rows.append({"id": rec.id, "prompt": messages, "images": images, "solution": rec.solution})
+        rows.append({"id": rec.id, "prompt": messages, "images": images, "solution": rec.solution, RECORD_KEY: where})
     if not rows:
         raise DataError(f"{path}: no records")
     return rows
@@ -207,4 +240,4 @@ def build_dataset(rows: list[dict[str, Any]], max_pixels: int, factor: int = 1):
         batch["prompt"] = [to_blocks(p) for p in batch["prompt"]]
         return batch
 
-    return Dataset.from_list(rows).with_transform(transform)
+    return Dataset.from_list([{k: v for k, v in r.items() if k != RECORD_KEY} for r in rows]).with_transform(transform)

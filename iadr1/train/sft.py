@@ -29,35 +29,36 @@ def run_sft(cfg: SFTRunConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
     `callbacks` are extra transformers `TrainerCallback`s (a progress bar, live curves). Each log entry is
     appended to `<output_dir>/log_history.jsonl` as it happens; `log_history.json` holds them all at the end.
     """
-    from trl import SFTConfig, SFTTrainer
-
-    from iadr1.models.loading import load_processor
-
     common.setup_logging()
 
     # --- 1. Check the model and every record before anything heavy happens ----------------------------------
-    family = common.check_family(cfg)
+    family = common.preflight(cfg)
     rows = read_sft_rows(cfg.dataset, cfg.image_root, cfg.resolved_system_prompt())
     common.logger.info("%d PA-SFT records from %s; model family %s", len(rows), cfg.dataset, family.name)
 
     # --- 2. TRL config first: under DeepSpeed ZeRO-3 it must exist before the model is loaded ---------------
+    from trl import SFTConfig, SFTTrainer
+
+    from iadr1.models.loading import load_processor
+
     args = common.trl_args(SFTConfig, cfg.to_trl_kwargs())
     if args.process_index == 0:
         save_config(cfg)
 
-    # --- 3. Processor, model (vision side frozen), dataset --------------------------------------------------
+    # --- 3. Every image decoded once; processor, model (vision side frozen), dataset ------------------------
+    rows = common.checked_rows(rows, cfg, args)
     processor = load_processor(cfg.model)
     model = common.load_model_for_training(cfg, family)
     dataset = build_dataset(rows, cfg.max_pixels, image_factor(processor))
 
     # --- 4. Trainer -----------------------------------------------------------------------------------------
-    trainer = SFTTrainer(
+    trainer = common.with_exact_resume(SFTTrainer)(
         model=model,
         args=args,
         train_dataset=dataset,
         processing_class=processor,
         peft_config=common.lora_config(cfg, family),
-        callbacks=[common.log_history_callback(cfg.output_dir), *callbacks],
+        callbacks=[common.log_history_callback(cfg.output_dir), common.warn_learn_nothing_callback(), *callbacks],
     )
 
     # --- 5. Train (resuming from the last checkpoint in output_dir), save -----------------------------------
