@@ -1,6 +1,6 @@
 """The one parser of model replies, shared by rewards, `infer` and `eval`.
 
-`parse(text)` reads the IAD-R1 grammar (REFERENCE.md section 1) and the untagged replies of baselines:
+`parse(text)` reads the IAD-R1 grammar (docs/method.md §1) and the untagged replies of baselines:
 
 >>> a = parse("<think>Dark.</think><location>top left</location><type>scratch</type><answer>Yes</answer>")
 >>> (a.answer, a.location, a.type, a.letter, a.well_formed)

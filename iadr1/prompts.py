@@ -1,4 +1,4 @@
-"""Every prompt text of the method in one place (REFERENCE.md section 3).
+"""Every prompt text of the method in one place (docs/method.md §3).
 
 Texts are kept byte-for-byte as published where a published number depends on them; where the original had a
 flaw (no space between the GRPO preamble and the question) the faithful text is `*_COMPAT` and the default is fixed.

@@ -1,12 +1,15 @@
 """Writers of small fake dataset trees (MVTec, VisA, KolektorSDD, DAGM, the released folder layout) for tests.
 
 Images are tiny synthetic PNG/JPG/BMP files made with PIL; an image's gray level can be chosen so that tests can
-predict which references are the most similar.
+predict which references are the most similar, or (`textured=True`) each image is a distinct random texture, so that
+content checks (the build report's overlap) can tell every image from every other.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +32,24 @@ def write_image(path: Path, value: int | np.ndarray = 128, size: int = 8) -> Pat
     return path
 
 
+def texture(key: str, size: int = 32) -> np.ndarray:
+    """A random gray texture, the same for the same `key`, different (by content) for different keys."""
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    coarse = rng.integers(0, 256, (size // 4, size // 4)).astype(np.uint8)
+    return np.kron(coarse, np.ones((4, 4), np.uint8))  # 4x4 blocks: structure a 9x8 thumbnail still sees
+
+
 def make_mvtec(
     root: Path,
     classes: dict[str, dict[str, dict[str, int]]] | None = None,
     masks: bool = True,
     template: dict[str, int] | None = None,
+    textured: bool = False,
 ) -> Path:
     """`root/<cls>/{train,test}/<specie>/NNN.png`, masks `ground_truth/<specie>/NNN_mask.png` for defects.
 
-    `classes` maps class -> split -> specie -> count; `template` maps class -> number of `template/` images.
+    `classes` maps class -> split -> specie -> count; `template` maps class -> number of `template/` images;
+    `textured`: every image a distinct 32x32 texture instead of a flat gray level.
     """
     classes = classes or {
         "bottle": {"train": {"good": 3}, "test": {"good": 2, "broken": 2}},
@@ -47,7 +59,8 @@ def make_mvtec(
         for split, species in splits.items():
             for specie, n in species.items():
                 for i in range(n):
-                    write_image(root / cls / split / specie / f"{i:03d}.png", 20 * i + 10)
+                    rel = f"{cls}/{split}/{specie}/{i:03d}.png"
+                    write_image(root / rel, texture(rel) if textured else 20 * i + 10)
                     if masks and split == "test" and specie != "good":
                         write_image(root / cls / "ground_truth" / specie / f"{i:03d}_mask.png", 255)
     for cls, n in (template or {}).items():
@@ -112,3 +125,15 @@ def make_folder(root: Path, dataset: str = "MPDD", with_test_level: bool = True,
         for i in range(template):
             write_image(base / "template" / f"{i:03d}.png", 100 + i)
     return root
+
+
+def write_annotations(meta: dict, path: Path) -> Path:
+    """An annotations JSONL for every anomalous image of a meta dict (reasoning, location, type)."""
+    rows = [
+        {"image": e.img_path, "reasoning": f"A dark mark on the {e.cls_name}.", "location": "center", "type": "Hole"}
+        for entries in meta.values()
+        for e in entries
+        if e.anomaly
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

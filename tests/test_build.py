@@ -364,3 +364,19 @@ def test_config_validation():
     assert BuildConfig(shots=[1, 0, 1]).shots == [0, 1]
     with pytest.raises(ValueError):
         BuildConfig(val_fraction=1.0)
+
+
+def test_duplicate_keys_in_annotations(tree, tmp_path):
+    images, meta, _ = tree
+    keyed = tmp_path / "ann.json"
+    rec = '{"reasoning": "r", "location": "top", "type": "Hole"}'
+    keyed.write_text('{"D/a/train/scratch/004.png": ' + rec + ', "D/a/train/scratch/004.png": ' + rec + "}")
+    with pytest.raises(DataError, match=r"ann.json: key 'D/a/train/scratch/004.png' appears twice"):
+        build_data(meta, keyed, images, tmp_path / "o")
+    # A JSON Lines record with a repeated field is a malformed annotation: skipped and reported (an error with
+    # --strict), like a line that is not JSON.
+    lines = tmp_path / "ann.jsonl"
+    lines.write_text('{"image": "D/a/train/scratch/004.png", "reasoning": "r", "type": "Hole", "type": "Stain"}\n')
+    anns, problems = load_annotations(lines)
+    assert anns == {} and [p.kind for p in problems] == ["malformed_annotation"]
+    assert "line 1" in problems[0].detail and "'type' appears twice" in problems[0].detail

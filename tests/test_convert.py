@@ -138,6 +138,19 @@ def test_sdd_image_without_label_is_an_error(tmp_path):
         scan_layout("sdd", root)
 
 
+def test_sdd_unreadable_labels_are_all_skipped_and_reported(tmp_path, capsys):
+    root = make_sdd(tmp_path / "SDD")
+    (root / "kos01" / "Part1_label.bmp").write_bytes(b"")
+    (root / "kos02" / "Part0_label.bmp").write_text("not a bitmap")
+    with pytest.raises(DataError, match=r"^2 unreadable images: .*kos01/Part1_label.bmp.*kos02/Part0_label.bmp"):
+        scan_layout("sdd", root)
+    bad: dict[str, str] = {}
+    meta = scan_layout("sdd", root, bad_images=bad)
+    assert sorted(bad) == ["kos01/Part1.jpg", "kos02/Part0.jpg"] and len(meta["SDD"]) == 4
+    code, out = run_cli(["convert", "--layout", "sdd", "--root", root, "--meta", tmp_path / "m.json"], capsys)
+    assert code == 0 and "skipped 2 unreadable images" in out and "Part1_label.bmp: unreadable label image" in out
+
+
 def test_dagm_layout_labels_and_splits(tmp_path):
     meta = scan_layout("dagm", make_dagm(tmp_path / "DAGM"))
     assert rows(meta)["Class1"] == [
@@ -411,12 +424,72 @@ def test_unreadable_image_names_the_file(tmp_path):
     bad = root / "MPDD" / "tubes" / "train" / "good" / "003.png"
     bad.write_bytes(b"not a png")
     meta = scan_layout("folder", root, "MPDD")
-    with pytest.raises(DataError, match=rf"{bad}: unreadable image"):
+    with pytest.raises(DataError, match=rf"{bad}: not an image"):
         build_test_file(meta, root, dataset="MPDD")
     assert len(build_test_file(meta, root, dataset="MPDD", similar=False)) == 10  # no image is opened
     bad.unlink()
-    with pytest.raises(DataError, match=rf"{bad}: image not found"):
+    with pytest.raises(DataError, match=rf"{bad}: missing file"):
         build_test_file(meta, root, dataset="MPDD")
+
+
+def _break(root: Path, rels: list[str]) -> None:
+    for i, rel in enumerate(rels):
+        p = root / rel
+        if i % 3 == 0:
+            p.write_bytes(b"")
+        elif i % 3 == 1:
+            p.write_bytes(p.read_bytes()[:40])  # truncated
+        else:
+            p.unlink()
+
+
+def test_every_bad_image_is_skipped_and_reported(tmp_path):
+    root = make_folder(tmp_path, "MPDD", template=2)
+    meta = scan_layout("folder", root, "MPDD")
+    bad_tests = ["MPDD/tubes/test/good/001.png", "MPDD/tubes/test/hole/000.png", "MPDD/bracket_black/test/good/002.png"]
+    bad_ref = "MPDD/tubes/template/001.png"
+    _break(root, [*bad_tests, bad_ref])
+    # Library default: one error that counts every bad image and names them, not only the first one met.
+    with pytest.raises(DataError) as e:
+        build_test_records(meta, root, dataset="MPDD")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("4 unreadable images")
+    assert all(str(root / r) in msg for r in [*bad_tests, bad_ref])
+    # Asked to skip: bad test images are left out, a bad reference is never a template; all are returned.
+    bad: dict[str, str] = {}
+    records = build_test_records(meta, root, dataset="MPDD", bad_images=bad)
+    assert sorted(bad) == sorted([*bad_tests, bad_ref])
+    assert all(detail.startswith(f"{root / rel}: ") for rel, detail in bad.items())
+    assert bad[bad_tests[2]].endswith("missing file") and "not an image" in bad[bad_tests[0]]
+    assert len(records) == 10 - 3 and not set(bad_tests) & set(records)
+    assert all(bad_ref not in r["random_templates"] + r["similar_templates"] for r in records.values())
+    tubes = records["MPDD/tubes/test/good/000.png"]
+    assert tubes["random_templates"] == tubes["similar_templates"] == ["MPDD/tubes/template/000.png"]
+    # Nothing bad: the same records as before, exactly.
+    good = make_folder(tmp_path / "g", "MPDD", template=2)
+    assert build_test_records(scan_layout("folder", good, "MPDD"), good, dataset="MPDD", bad_images={}) == (
+        build_test_records(scan_layout("folder", good, "MPDD"), good, dataset="MPDD")
+    )
+
+
+def test_cli_skips_and_lists_bad_images(tmp_path, capsys):
+    root = make_folder(tmp_path, "MPDD")
+    for i in range(6):  # 12 more test images, all unreadable, with the 3 good + 2 hole ones per class
+        for cls in ("bracket_black", "tubes"):
+            (root / "MPDD" / cls / "test" / "hole" / f"9{i}.png").write_text("not an image")
+    test = tmp_path / "t.json"
+    code, out = run_cli(["convert", "--layout", "folder", "--root", root, "--dataset", "MPDD", "--test-file", test],
+                        capsys)  # fmt: skip
+    assert code == 0, out
+    assert "skipped 12 unreadable images" in out and "and 2 more" in out
+    assert out.count("not an image") == 10  # the first ten, one per line
+    assert len(load_test_file(test)) == 10
+    # Every test image unreadable: an error, not an empty test file.
+    for p in (root / "MPDD").rglob("test/*/*.png"):
+        p.write_bytes(b"")
+    code, out = run_cli(["convert", "--layout", "folder", "--root", root, "--dataset", "MPDD", "--test-file", test],
+                        capsys)  # fmt: skip
+    assert code == 1 and "no readable test image" in out
 
 
 def test_meta_errors(tmp_path):

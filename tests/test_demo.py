@@ -14,6 +14,8 @@ import pytest
 from iadr1.cli import main
 from iadr1.demo import QUICK, STAGES, DemoConfig, run_demo, summary_rows, write_report
 
+pytestmark = pytest.mark.e2e
+
 
 def _weights(folder: Path) -> dict:
     from safetensors.torch import load_file

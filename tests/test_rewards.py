@@ -1,4 +1,4 @@
-"""Rewards of REFERENCE.md section 4: tables of (completion, solution, expected) written from the rules."""
+"""Rewards of docs/method.md §4: tables of (completion, solution, expected) written from the rules."""
 
 from __future__ import annotations
 

@@ -153,3 +153,39 @@ def test_atomic_write_uses_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert p.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# --- duplicate keys: JSON keeps the last value silently, iadr1 refuses the file (issue 12) ---------------------------
+def test_duplicate_keys_are_one_line_errors_naming_file_and_record(tmp_path):
+    p = tmp_path / "t.json"
+    rec = '{"image_path": "a.png", "conversation": [{"Answer": "A"}]}'
+    p.write_text('{"a.png": ' + rec + ', "b.png": ' + rec + ', "a.png": ' + rec + "}")
+    with pytest.raises(DataError) as e:
+        io.read_json(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: ") and "'a.png' appears twice" in msg and "\n" not in msg
+    with pytest.raises(DataError, match="'a.png' appears twice"):
+        load_test_file(p)
+    # Inside a record: the record is named.
+    p.write_text('{"a.png": {"image_path": "a.png", "conversation": [{"Answer": "A", "Answer": "B"}]}}')
+    with pytest.raises(DataError, match=r"t.json: record 'a.png': key 'Answer' appears twice"):
+        load_test_file(p)
+    p.write_text('[{"id": 1}, {"id": 2, "id": 3}]')
+    with pytest.raises(DataError, match=r"record 1: key 'id' appears twice"):
+        io.read_json(p)
+    meta = tmp_path / "meta.json"
+    meta.write_text('{"c": [], "c": []}')
+    with pytest.raises(DataError, match="'c' appears twice"):
+        load_meta(meta)
+    lines = tmp_path / "r.jsonl"
+    lines.write_text('{"a": 1}\n{"a": 1, "a": 2}\n')
+    with pytest.raises(DataError, match=r"r.jsonl: line 2: key 'a' appears twice"):
+        list(io.iter_jsonl(lines))
+    assert [o for _, o in io.iter_jsonl(lines, unique_keys=False)] == [{"a": 1}, {"a": 2}]
+    assert io.read_json_or_jsonl(lines, unique_keys=False) == [{"a": 1}, {"a": 2}]
+
+
+def test_prediction_p_yes_must_be_finite():
+    with pytest.raises(ValueError, match="finite"):
+        Prediction(image="x", p_yes=float("nan"))
+    assert Prediction(image="x", p_yes=0.25).p_yes == 0.25

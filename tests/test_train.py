@@ -17,6 +17,8 @@ import pytest
 from iadr1.errors import DataError
 from iadr1.models.tiny import TINY_FAMILIES
 
+pytestmark = pytest.mark.train
+
 QUESTION = "Are there any defects in the query image?"
 YES = "<think>A dark spot.</think><location>top left</location><type>stain</type><answer>Yes</answer>"
 NO = "<think>The surface looks uniform.</think><answer>No</answer>"

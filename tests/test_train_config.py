@@ -34,7 +34,7 @@ RECIPES = {
 }
 
 
-# --- recipes reproduce REFERENCE.md section 5 -------------------------------------------------------------------------
+# --- recipes reproduce docs/method.md §5 -------------------------------------------------------------------------
 def test_there_is_a_recipe_per_published_model():
     assert sorted(recipe_names()) == sorted(RECIPES)
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from test_train import moved, write_dataset
 
+pytestmark = pytest.mark.train
+
 # Runs the real CLI in each process, with one extra callback that writes what this rank holds at the end.
 WORKER = """
 import hashlib, json, os, sys

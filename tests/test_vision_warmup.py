@@ -18,6 +18,8 @@ from iadr1.train.vision import (
     warm_up_vision,
 )
 
+pytestmark = pytest.mark.train
+
 
 def test_token_labels_hand_computed():
     # 8x8 patches of 4 px, merged 2x2: a 4x4 grid of tokens, each 8x8 px of a 32x32 image.

@@ -40,7 +40,20 @@ def build_data(
     split: list[str] = typer.Option(
         [],
         "--split",
-        help="Use only meta entries of this split (train, test, template); repeatable. Default: all.",
+        help="Use only meta entries of this split (train, test, template); repeatable. Default: every split but "
+        "test. Naming test uses test images (warned).",
+    ),
+    test_file: list[Path] = typer.Option(
+        [],
+        "--test-file",
+        "-t",
+        help="A benchmark test file (repeatable): its images stay out of training data, and the report looks for "
+        "copies of them among the training images.",
+    ),
+    allow_test: bool = typer.Option(
+        False,
+        "--allow-test",
+        help="Also train on test images (the meta's test split, the --test-file images); the count is warned about.",
     ),
     strict: bool = typer.Option(False, "--strict", help="Fail on any problem instead of skipping and recording it."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Image-check processes (default: CPU count)."),
@@ -56,8 +69,9 @@ def build_data(
     """Write PA-SFT and SC-GRPO records (zero/one-shot, optional validation split) and a JSON report.
 
     Every image is opened once; unreadable, corrupt or missing images and malformed annotations are skipped
-    and listed (or, with --strict, fail the run). `--synthetic OUT` instead writes a complete small demo
-    dataset.
+    and listed (or, with --strict, fail the run). Test images stay out of training data unless asked for; the
+    report lists training images that are copies of test images. `--synthetic OUT` instead writes a complete
+    small demo dataset.
     """
     from rich.console import Console
 
@@ -84,12 +98,13 @@ def build_data(
             workers=workers,
             compat=compat,
             splits=split or None,
+            allow_test=allow_test,
         )
     except ValidationError as e:
         raise option_error(e) from None
     root = image_root if image_root is not None else meta.parent
     with _progress(console) as on_progress:
-        result = run(meta, annotations, root, out, config, on_progress=on_progress)
+        result = run(meta, annotations, root, out, config, on_progress=on_progress, test_files=test_file)
     render_summary(console, result)
 
 
@@ -185,6 +200,11 @@ def render_summary(console: Console, result: BuildResult) -> None:
             console.print(f"  [red]{pr.kind}[/] {pr.detail}", highlight=False, soft_wrap=True)
         if len(result.problems) > _SHOWN_PROBLEMS:
             console.print(f"  ... and {len(result.problems) - _SHOWN_PROBLEMS} more in the report")
+    _render_overlap(console, result.report["overlap"])
+    if result.counts.get("test_left_out"):
+        console.print(f"left out {result.counts['test_left_out']} test images (training on them: --allow-test)")
+    for w in result.warnings:
+        console.print(f"[bold yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     f = Table(title="files written")
     f.add_column("file")
     f.add_column("records", justify="right")
@@ -192,3 +212,25 @@ def render_summary(console: Console, result: BuildResult) -> None:
         f.add_row(str(out.path), str(out.records))
     console.print(f)
     console.print(f"report: {result.report_path}", highlight=False)
+
+
+def _render_overlap(console: Console, overlap: dict) -> None:
+    """One line when the training images hold no copy of a test image, else the pairs (first few)."""
+    if not overlap["test_images"]:
+        return
+    exact, near = overlap["exact"], overlap["near"]
+    compared = f"{overlap['training_images']} training x {overlap['test_images']} test images"
+    if not exact["count"] and not near["count"]:
+        console.print(f"overlap with the test images: none ({compared})", highlight=False)
+        return
+    console.print(
+        f"[bold yellow]overlap with the test images[/] ({compared}): {exact['count']} exact copies, "
+        f"{near['count']} near copies (perceptual hash within {overlap['max_distance']} of 128 bits)",
+        highlight=False,
+    )
+    shown = [("exact", p["train"], p["test"]) for p in exact["pairs"]]
+    shown += [(f"near ({p['distance']})", p["train"], p["test"]) for p in near["pairs"]]
+    for kind, train, test in shown[:_SHOWN_PROBLEMS]:
+        console.print(f"  [yellow]{kind}[/] {train} = test {test}", highlight=False, soft_wrap=True)
+    if exact["count"] + near["count"] > _SHOWN_PROBLEMS:
+        console.print(f"  ... and {exact['count'] + near['count'] - _SHOWN_PROBLEMS} more in the report")

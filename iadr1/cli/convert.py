@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 LAYOUT_CHOICES = ("mvtec", "visa", "mpdd", "dtd", "sdd", "dagm", "folder")
 
@@ -25,19 +29,37 @@ def convert(
     ),
     test_file: Path | None = typer.Option(None, "--test-file", help="Benchmark test file to write (JSON)."),
     templates: int = typer.Option(4, "--templates", min=0, help="K: reference templates per image (0: none)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random templates."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random templates and of the --train-share draw."),
     similar: bool = typer.Option(
         True,
         "--similar/--no-similar",
         help="Compute similar_templates (reads every test and reference image).",
     ),
     workers: int = typer.Option(0, "--workers", min=0, help="Processes for image descriptors (0: all cores)."),
+    train_share: float | None = typer.Option(
+        None,
+        "--train-share",
+        help="Move this share (0-1) of each (class, defect type) of the test images, normal and defective alike, to "
+        "the meta's train split and out of the test file: training images with defects that never meet the test set. "
+        "Needs --layout and --meta.",
+    ),
 ) -> None:
-    """Convert a dataset layout to meta.json and/or a benchmark test file with k-shot templates."""
+    """Convert a dataset layout to meta.json and/or a benchmark test file with k-shot templates.
+
+    Images that cannot be read (opened for the similar templates) are all skipped and listed: a test image among
+    them is left out of the test file, a reference is never a template.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from iadr1.data.convert import build_test_file, key_prefix, read_meta, scan_layout, write_meta
+    from iadr1.data.convert import (
+        build_test_file,
+        key_prefix,
+        move_to_train,
+        read_meta,
+        scan_layout,
+        write_meta,
+    )
     from iadr1.data.schemas import dump_test_file
     from iadr1.errors import ConfigError
 
@@ -51,11 +73,29 @@ def convert(
         raise ConfigError("nothing to write: pass --meta META.json, --test-file OUT.json, or both")
     if layout == "folder" and not dataset:
         raise ConfigError("--layout folder needs --dataset NAME: the dataset folder under --root to scan")
+    if train_share is not None:
+        if layout is None or meta is None:
+            raise ConfigError(
+                "--train-share needs --layout and --meta: the meta.json written records which test images moved to "
+                "the train split (build-data reads it)"
+            )
+        if not 0.0 < train_share < 1.0:
+            raise ConfigError(f"--train-share must be between 0 and 1 (exclusive), got {train_share}")
 
-    # 1. meta: scan the layout (and write it), or read it.
+    # 1. meta: scan the layout (and write it), or read it. Every unreadable image is collected in `bad`, reported below.
+    bad: dict[str, str] = {}
     if layout is not None:
-        data = scan_layout(layout, root, dataset)
+        data = scan_layout(layout, root, dataset, bad_images=bad)
         n = sum(len(v) for v in data.values())
+        if train_share is not None:
+            split = move_to_train(data, train_share, seed)  # moved entries are new objects, the rest the same
+            moved = [e for c in data for e, old in zip(split[c], data[c], strict=True) if e is not old]
+            data = split
+            n_anom = sum(e.anomaly for e in moved)
+            console.print(
+                f"moved {len(moved)} test images ({n_anom} anomalous, {len(moved) - n_anom} normal) to the train split "
+                f"(--train-share {train_share}, --seed {seed})"
+            )
         if meta is not None:
             write_meta(data, meta)
             console.print(f"wrote {meta}: {n} images in {len(data)} classes")
@@ -66,6 +106,7 @@ def convert(
         data = read_meta(meta)
         key_dataset = dataset
     if test_file is None:
+        _report_bad_images(console, bad)
         return
 
     # 2. test file. Decide the key prefix first, so that a bad meta fails before any image is read.
@@ -97,7 +138,9 @@ def convert(
             workers=workers or None,
             progress=lambda k: bar.advance(task, k),
             on_descriptors=lambda total: bar.update(task, total=total),
+            bad_images=bad,
         )
+    _report_bad_images(console, bad)
     dump_test_file(entries, test_file)
     n_anom = sum(e.is_anomalous for e in entries.values())
     with_refs = sum(bool(e.random_templates) for e in entries.values())
@@ -115,3 +158,19 @@ def convert(
             f"[yellow]note:[/] keys start with {name!r} but {image_root / name} does not exist; give inference an "
             f"image root holding a folder {name!r} (e.g. a symbolic link to {root})"
         )
+
+
+def _report_bad_images(console: Console, bad: dict[str, str]) -> None:
+    """The count of the images skipped because they cannot be read, and the first few (file: problem)."""
+    from iadr1.data.io import SHOW_BAD_IMAGES
+
+    if not bad:
+        return
+    console.print(
+        f"[yellow]skipped {len(bad)} unreadable images[/] (test images left out of the meta or the test file, "
+        "references never used as templates):"
+    )
+    for detail in list(bad.values())[:SHOW_BAD_IMAGES]:
+        console.print(f"  {detail}")
+    if len(bad) > SHOW_BAD_IMAGES:
+        console.print(f"  ... and {len(bad) - SHOW_BAD_IMAGES} more")

@@ -1,4 +1,9 @@
-"""`iadr1 infer`: run a model over a benchmark test file and append one prediction per image (resumable)."""
+"""`iadr1 infer`: run a model over a benchmark test file and append one prediction per image (resumable).
+
+Exit status: 0 when the run answered something or had nothing left to do; 1 (one red line) for a bad option or
+input, a folder of predictions made with other settings, an engine that cannot start, or a run in which every
+image it tried failed.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +43,9 @@ def infer(
     tensor_parallel_size: int | None = typer.Option(None, "--tensor-parallel-size", help="vllm: GPUs per model."),
     data_parallel_size: int | None = typer.Option(None, "--data-parallel-size", help="vllm: model replicas."),
     gpu_memory_utilization: float | None = typer.Option(None, "--gpu-memory-utilization", help="vllm (0.9)."),
-    max_model_len: int | None = typer.Option(None, "--max-model-len", help="vllm: context length (8192)."),
+    max_model_len: int | None = typer.Option(
+        None, "--max-model-len", help="vllm: context length (default: the model's own, at most 8192)."
+    ),
     enforce_eager: bool | None = typer.Option(None, "--enforce-eager/--no-enforce-eager", help="vllm: no graphs."),
     base_url: str | None = typer.Option(None, "--base-url", help="openai: endpoint, e.g. http://127.0.0.1:8000/v1."),
     api_key_env: str | None = typer.Option(
@@ -48,23 +55,31 @@ def infer(
     timeout_s: float | None = typer.Option(None, "--timeout", help="openai: seconds per request (60)."),
     retries: int | None = typer.Option(None, "--retries", help="openai: retries on 429/5xx/refusals (5)."),
     max_side: int | None = typer.Option(None, "--max-side", help="openai: resize images to fit (512 px; 0: never)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start over: remove this run's predictions, and those of other settings in OUT."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run a model over a test file; append one JSON line per image to OUT/predictions.jsonl (reruns resume)."""
-    options = {k: v for k, v in locals().items() if k not in ("config", "quiet")}  # first: only the options
+    options = {k: v for k, v in locals().items() if k not in ("config", "quiet", "overwrite")}  # only the options
     from rich.console import Console
     from rich.table import Table
 
-    from iadr1.errors import ConfigError
+    from iadr1.errors import ConfigError, IADR1Error
     from iadr1.infer.runner import load_config, run_inference
 
     missing = [f"--{n.replace('_', '-')}" for n in ("model", "test_file", "image_root", "out") if not options.get(n)]
     if config is None and missing:
         raise ConfigError(f"missing {', '.join(missing)}")
     cfg = load_config(config, **options)
-    summary = run_inference(cfg, progress=not quiet)
-
     console = Console(stderr=True, highlight=False)
+    summary = run_inference(
+        cfg,
+        progress=not quiet,
+        overwrite=overwrite,
+        on_message=lambda note: console.print(note, markup=False, soft_wrap=True),
+    )
+
     table = Table(title=f"iadr1 infer ({cfg.backend}, {cfg.prompt_style}, {cfg.shots}-shot)", show_header=False)
     acc = "-" if summary.accuracy is None else f"{100 * summary.accuracy:.1f}% (this run, quick look)"
     rows = [
@@ -80,3 +95,8 @@ def infer(
     for k, v in rows:
         table.add_row(f"[bold]{k}[/]", v)
     console.print(table)
+    if summary.all_failed:
+        raise IADR1Error(
+            f"all {summary.written} images this run tried failed (first: {summary.first_error}); "
+            f"see the error field in {summary.predictions}"
+        )

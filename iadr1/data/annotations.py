@@ -11,7 +11,8 @@ image path (the key fills `image` when the value has none). Each object:
 Extra fields are kept and ignored. Text fields are stripped and their whitespace runs collapsed to one space
 (a newline inside a tag breaks the original's reward regexes), and may not contain `<` `>` (they would corrupt
 the tag grammar). A record that fails these checks is a `Problem`, not an exception: `build-data` skips and
-reports it (or fails with `--strict`). A file that is not JSON at all is a `DataError`.
+reports it (or fails with `--strict`); so is a JSON Lines record that repeats a key. A file that is not JSON at all,
+or a JSON file with a key repeated in one object (JSON would keep the last one silently), is a `DataError`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from iadr1.data.io import read_json, safe_relpath
+from iadr1.data.io import DuplicateKeyError, loads_json, read_json, safe_relpath
 from iadr1.data.schemas import format_validation_error
 from iadr1.errors import DataError
 
@@ -127,7 +128,9 @@ def _raw_records(path: Path) -> list[tuple[str, Any]]:
                     if not line.strip():
                         continue
                     try:
-                        out.append((f"line {lineno}", json.loads(line)))
+                        out.append((f"line {lineno}", loads_json(line)))
+                    except DuplicateKeyError as e:
+                        out.append((f"line {lineno}", _BadLine(str(e))))
                     except json.JSONDecodeError as e:
                         out.append((f"line {lineno}", _BadLine(f"malformed JSON: {e.msg}")))
             except UnicodeDecodeError as e:

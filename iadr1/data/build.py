@@ -16,6 +16,12 @@ Decisions a user must know:
   images does not reshuffle the other pairs. Validation queries draw references from the training split too.
 - The validation split is stratified by (class, normal/anomalous); the same images are held out for every
   file.
+- Test images never become training data unless asked for (`allow_test`, or `test` among `splits`; then the
+  report warns with their count): the meta's `test` split and every image of the given test files. A build left
+  with no defective training image is a `DataError` pointing to `iadr1 convert --train-share` (MVTec-style trees
+  keep every defect in `test/`).
+- The report compares the training images with the test images by content (never blocking): exact copies by a
+  hash of the file's bytes, re-encoded ones by a perceptual hash within `NEAR_DISTANCE` bits (`data.io`).
 """
 
 from __future__ import annotations
@@ -37,13 +43,23 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from iadr1.answers import parse
 from iadr1.data.annotations import PROBLEM_KINDS, Annotation, Problem, image_problem_kind, load_annotations
 from iadr1.data.convert import read_meta, split_of
-from iadr1.data.io import atomic_write_json, atomic_write_text, check_image, resolve_under
-from iadr1.data.schemas import GRPORecord, MetaEntry, SFTRecord, validate_record
+from iadr1.data.io import (
+    NEAR_DISTANCE,
+    NEAR_RMS,
+    ImageFingerprint,
+    atomic_write_json,
+    atomic_write_text,
+    inspect_image,
+    resolve_under,
+)
+from iadr1.data.schemas import GRPORecord, MetaEntry, SFTRecord, load_test_file, validate_record
 from iadr1.errors import DataError
 from iadr1.prompts import grpo_problem, user_text
 from iadr1.rewards.solution import validate_solution
 
 REPORT_NAME = "build_report.json"
+# The overlap report lists at most this many pairs of each kind (all are counted).
+MAX_LISTED_PAIRS = 1000
 
 # (stage, done, total): called as work advances, so a caller can drive a progress bar.
 ProgressFn = Callable[[str, int, int], None]
@@ -62,7 +78,12 @@ class BuildConfig(BaseModel):
     compat: bool = Field(False, description="GRPO problem text without the space the original forgot")
     splits: list[str] | None = Field(
         None,
-        description="use only meta entries of these splits (train, test, template); default: all entries",
+        description="use only meta entries of these splits (train, test, template); default: every split but test",
+    )
+    allow_test: bool = Field(
+        False,
+        description="also train on test images (the meta's test split, the images of the test files given); "
+        "the report warns with their count",
     )
 
     @field_validator("shots")
@@ -91,23 +112,30 @@ class BuildResult:
     per_class: dict[str, dict[str, int]]
     report_path: Path
     report: dict[str, Any] = field(repr=False)
+    warnings: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Image checks
 # ------------------------------------------------------------------------------------------------------------
-def _check_batch(paths: list[str]) -> list[str | None]:
-    return [check_image(p) for p in paths]
+def _check_batch(paths: list[str], fingerprint: bool = False) -> list[tuple[str | None, ImageFingerprint | None]]:
+    return [inspect_image(p, fingerprint) for p in paths]
 
 
-def validate_images(
+def _check_fingerprint_batch(paths: list[str]) -> list[tuple[str | None, ImageFingerprint | None]]:
+    return _check_batch(paths, True)
+
+
+def inspect_images(
     paths: Sequence[str | os.PathLike],
+    fingerprint: bool = False,
     workers: int | None = None,
     on_progress: ProgressFn | None = None,
     min_parallel: int = 512,
     chunk: int = 256,
-) -> dict[str, str]:
-    """Decode every image once; return `{path: problem}` for those that are missing, unreadable or corrupt.
+) -> tuple[dict[str, str], dict[str, ImageFingerprint]]:
+    """Decode every image once: `({path: problem}` of those missing, unreadable or corrupt, `{path: fingerprint})`
+    of the readable ones when `fingerprint` (`data.io.inspect_image`; else empty).
 
     Batches of `chunk` paths go to a process pool (decoding is CPU-bound and Pillow holds the GIL for small
     files); fewer than `min_parallel` images, or `workers=1`, are checked in this process to save the pool's
@@ -118,25 +146,40 @@ def validate_images(
     total = len(items)
     workers = workers or os.cpu_count() or 1
     done = 0
-    results: list[str | None] = []
+    results: list[tuple[str | None, ImageFingerprint | None]] = []
     batches = [items[i : i + chunk] for i in range(0, total, chunk)]
+    check = _check_fingerprint_batch if fingerprint else _check_batch
     if on_progress:
         on_progress("checking images", 0, total)
     if workers == 1 or total < min_parallel:
         for b in batches:
-            results.extend(_check_batch(b))
+            results.extend(check(b))
             done += len(b)
             if on_progress:
                 on_progress("checking images", done, total)
     else:
         ctx = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(max_workers=min(workers, len(batches)), mp_context=ctx) as ex:
-            for b, res in zip(batches, ex.map(_check_batch, batches), strict=True):
+            for b, res in zip(batches, ex.map(check, batches), strict=True):
                 results.extend(res)
                 done += len(b)
                 if on_progress:
                     on_progress("checking images", done, total)
-    return {p: r for p, r in zip(items, results, strict=True) if r is not None}
+    problems = {p: r[0] for p, r in zip(items, results, strict=True) if r[0] is not None}
+    prints = {p: r[1] for p, r in zip(items, results, strict=True) if r[1] is not None}
+    return problems, prints
+
+
+def validate_images(
+    paths: Sequence[str | os.PathLike],
+    workers: int | None = None,
+    on_progress: ProgressFn | None = None,
+    min_parallel: int = 512,
+    chunk: int = 256,
+) -> dict[str, str]:
+    """Decode every image once; return `{path: problem}` for those that are missing, unreadable or corrupt
+    (`inspect_images` without fingerprints)."""
+    return inspect_images(paths, False, workers, on_progress, min_parallel, chunk)[0]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -294,25 +337,56 @@ def build_data(
     out_dir: str | os.PathLike,
     config: BuildConfig | None = None,
     on_progress: ProgressFn | None = None,
+    test_files: Sequence[str | os.PathLike] = (),
 ) -> BuildResult:
     """Write `sft_{k}shot.json` and `grpo_{k}shot.json` (plus `*_val.json` with a validation split) and
-    `build_report.json` into `out_dir`; see the module docstring for the rules. Returns what was written."""
+    `build_report.json` into `out_dir`; see the module docstring for the rules. Returns what was written.
+
+    `test_files`: benchmark test files whose images must stay out of training data (besides the meta's test
+    split) and which the overlap report compares the training images with. Their keys are image paths under
+    `image_root`, or (as `iadr1 convert` writes them for every layout but `folder`) the dataset name, then such a
+    path.
+    """
     config = config or BuildConfig()
     image_root = Path(image_root)
     out_dir = Path(out_dir)
     problems: list[Problem] = []
+    warnings: list[str] = []
 
-    # 1. Inputs ----------------------------------------------------------------------------------------------
+    # 1. Inputs: the meta's images, which of them are test images, and which are used ---------------------------
+    test_keys = [k for f in test_files for k in load_test_file(f)]
     meta_map = meta if isinstance(meta, dict) else read_meta(meta)
     meta_name = "meta" if isinstance(meta, dict) else os.fspath(meta)
-    entries: dict[str, MetaEntry] = {}
-    wanted = {s.lower() for s in config.splits} if config.splits else None
+    listed: dict[str, MetaEntry] = {}
     for cls_entries in meta_map.values():
         for e in cls_entries:
-            if wanted is None or split_of(e) in wanted:
-                entries.setdefault(e.img_path, e)  # the same image listed twice is one image
+            listed.setdefault(e.img_path, e)  # the same image listed twice is one image
+    test_images = _test_images(listed, test_keys)
+    wanted = {s.lower() for s in config.splits} if config.splits else None
+    use_test = config.allow_test or (wanted is not None and "test" in wanted)
+    entries: dict[str, MetaEntry] = {}
+    left_out: list[str] = []
+    for p, e in listed.items():
+        if wanted is not None and split_of(e) not in wanted:
+            continue
+        if p in test_images and not use_test:
+            left_out.append(p)  # never training data unless asked for: scores on the test set would be inflated
+            continue
+        entries[p] = e
+    used_test = sorted(p for p in entries if p in test_images)
+    if used_test:
+        asked = "--allow-test" if config.allow_test else "--split test"
+        warnings.append(
+            f"{len(used_test)} test images are in the training data (asked for with {asked}): a score on that test "
+            "set no longer measures unseen images"
+        )
     if not entries:
         which = f" in split {', '.join(sorted(wanted))}" if wanted else ""
+        if left_out:
+            raise DataError(
+                f"{meta_name}: lists no training images{which}: all {len(left_out)} are test images (split test or "
+                f"in a test file); {_LEAK_FREE_HINT}"
+            )
         raise DataError(f"{meta_name}: lists no images{which}")
     if annotations is None:
         anns: dict[str, Annotation] = {}
@@ -322,11 +396,21 @@ def build_data(
         anns, ann_problems = load_annotations(annotations)
         problems.extend(ann_problems)
 
-    # 2. Open every image once -------------------------------------------------------------------------------
+    # 2. Open every image once (and fingerprint it when there are test images to compare with) -----------------
     paths = sorted(entries)
     root_s = os.fspath(image_root)
     files = {p: _image_file(root_s, p) for p in paths}
-    bad = validate_images([files[p] for p in paths], workers=config.workers, on_progress=on_progress)
+    test_image_files = {t: files.get(t) or _image_file(root_s, t) for t in sorted(test_images)}
+    for key in test_keys:  # a test file's image the meta does not list: found under the image root
+        if _meta_path(key, listed) is None and key not in test_image_files:
+            test_image_files[key] = _test_image_file(root_s, key)
+    extra = sorted(set(test_image_files.values()) - set(files.values()))
+    bad, prints = inspect_images(
+        [*(files[p] for p in paths), *extra],
+        fingerprint=bool(test_image_files),
+        workers=config.workers,
+        on_progress=on_progress,
+    )
     for p in paths:
         detail = bad.get(files[p])
         if detail is not None:
@@ -403,10 +487,12 @@ def build_data(
             written[f"sft_{k}shot{split_name}"] = sft
             written[f"grpo_{k}shot{split_name}"] = grpo
 
-    # 6. Report, then (strict) fail or write -----------------------------------------------------------------
+    # 6. Report, then (strict, or nothing defective to learn from) fail, or write ------------------------------
     report_path = out_dir / REPORT_NAME
     counts = _counts(entries, items, train, val, anns, problems)
+    counts["test_left_out"], counts["test_used"] = len(left_out), len(used_test)
     per_class = _per_class(entries, items)
+    overlap = _overlap([(it.path, files[it.path]) for it in train + val], list(test_image_files.items()), prints, bad)
     report = {
         "meta": None if isinstance(meta, dict) else _rel(meta, out_dir),
         "annotations": _rel(annotations, out_dir) if isinstance(annotations, (str, os.PathLike)) else None,
@@ -416,6 +502,8 @@ def build_data(
         "per_class": per_class,
         "problem_counts": dict(sorted(Counter(p.kind for p in problems).items())),
         "problems": [p.to_json() for p in problems],
+        "warnings": warnings,
+        "overlap": overlap,
         "files": {},
     }
     if config.strict and problems:
@@ -423,6 +511,20 @@ def build_data(
         first = problems[0]
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         raise DataError(f"{first.kind.replace('_', ' ')}: {first.detail}{more}; nothing written, report: {report_path}")
+    if not any(it.anomalous for it in train):
+        # A set of normal images only teaches "always No": say why (MVTec-style trees keep every defect in test/).
+        atomic_write_json(report_path, report, indent=2)
+        kept_out = [listed[p] for p in sorted(test_images) if p not in entries]
+        kept = (
+            f"; the meta's {len(kept_out)} test images ({sum(e.anomaly for e in kept_out)} defective) are kept out "
+            "of training"
+            if kept_out
+            else ""
+        )
+        raise DataError(
+            f"{meta_name}: no defective image to train on ({len(train)} normal training images){kept}; "
+            f"{_LEAK_FREE_HINT}; nothing written, report: {report_path}"
+        )
     for name, records in written.items():
         path = out_dir / f"{name}.json"
         _check_written(records, path, "sft" if name.startswith("sft") else "grpo")
@@ -433,7 +535,109 @@ def build_data(
         (out_dir / f"{stale}.json").unlink(missing_ok=True)
     report["files"] = {name: {"path": f.path.name, "records": f.records} for name, f in out.items()}
     atomic_write_json(report_path, report, indent=2)
-    return BuildResult(out, problems, counts, per_class, report_path, report)
+    return BuildResult(out, problems, counts, per_class, report_path, report, warnings)
+
+
+_LEAK_FREE_HINT = (
+    "make a leak-free split with `iadr1 convert --layout L --root R --meta META --train-share 0.2` (moves a share of "
+    "each defect type's test images to training and out of the test file), or train on test images anyway with "
+    "--allow-test"
+)
+
+
+def _meta_path(key: str, listed: dict[str, MetaEntry]) -> str | None:
+    """The meta path a test-file key names: the key itself, or the key without its first component (convert puts
+    the dataset name before the meta paths of every layout but `folder`); None if the meta does not list it."""
+    if key in listed:
+        return key
+    rest = key.partition("/")[2]
+    return rest if rest in listed else None
+
+
+def _test_images(listed: dict[str, MetaEntry], test_keys: list[str]) -> set[str]:
+    """Meta paths of the test images: the meta's `test` split and the images the test files name."""
+    named = {_meta_path(k, listed) for k in test_keys}
+    return {p for p, e in listed.items() if split_of(e) == "test" or p in named}
+
+
+def _test_image_file(root: str, key: str) -> str:
+    """The file of a test-file key the meta does not list: `root/key`, else `root/` + the key without the dataset
+    name (keys of non-folder layouts), else `root/key` (reported as missing)."""
+    path = _image_file(root, key)
+    if os.path.exists(path) or "/" not in key:
+        return path
+    rest = _image_file(root, key.partition("/")[2])
+    return rest if os.path.exists(rest) else path
+
+
+def _popcount(x: Any) -> Any:
+    """Set bits of each uint64 of a contiguous array (`np.bitwise_count` needs numpy 2; we allow numpy 1.24)."""
+    import numpy as np
+
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x).astype(np.int16)
+    table = np.array([bin(i).count("1") for i in range(256)], np.int16)
+    return table[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1)
+
+
+def _overlap(
+    training: list[tuple[str, str]],
+    tests: list[tuple[str, str]],
+    prints: dict[str, ImageFingerprint],
+    bad: dict[str, str],
+) -> dict[str, Any]:
+    """Training images that are copies of test images, by content: `exact` (same bytes) and `near` (the same picture
+    re-encoded: `ImageFingerprint.is_near`). `training`, `tests`: (name, file) pairs. An image is never compared
+    with itself (a test image used for training on purpose is counted elsewhere)."""
+    import numpy as np
+
+    test_fp = [(name, f, prints[f]) for name, f in tests if f in prints]
+    train_fp = [(name, f, prints[f]) for name, f in training if f in prints]
+    by_sha: dict[str, list[str]] = {}
+    for name, _, fp in test_fp:
+        by_sha.setdefault(fp.sha, []).append(name)
+    exact = sorted((name, t) for name, _, fp in train_fp for t in by_sha.get(fp.sha, ()) if t != name)
+    near: list[tuple[int, float, str, str]] = []
+    tr = [(name, fp) for name, _, fp in train_fp if fp.phash is not None]
+    te = [(name, fp) for name, _, fp in test_fp if fp.phash is not None]
+    if tr and te:
+        # 128-bit hashes as two uint64 columns; Hamming distances by blocks of training images (bounded memory);
+        # the few pairs within NEAR_DISTANCE are then confirmed by their thumbnails.
+        def halves(fps: list[tuple[str, ImageFingerprint]]) -> tuple[np.ndarray, np.ndarray]:
+            hashes = [fp.phash for _, fp in fps]
+            hi = np.fromiter((h >> 64 for h in hashes), np.uint64, len(hashes))
+            lo = np.fromiter((h & 0xFFFF_FFFF_FFFF_FFFF for h in hashes), np.uint64, len(hashes))
+            return hi, lo
+
+        (a_hi, a_lo), (b_hi, b_lo) = halves(tr), halves(te)
+        step = max(1, 1_000_000 // len(te))
+        for s in range(0, len(tr), step):
+            d = _popcount(a_hi[s : s + step, None] ^ b_hi[None, :]) + _popcount(
+                a_lo[s : s + step, None] ^ b_lo[None, :]
+            )
+            for i, j in zip(*np.nonzero(d <= NEAR_DISTANCE), strict=True):
+                (a, fa), (b, fb) = tr[s + int(i)], te[int(j)]
+                if a != b and fa.sha != fb.sha and fa.is_near(fb):  # same bytes: listed as exact
+                    near.append((int(d[i, j]), round(fa.thumbnail_rms(fb), 2), a, b))
+        near.sort()
+    return {
+        "max_distance": NEAR_DISTANCE,
+        "max_thumbnail_rms": NEAR_RMS,
+        "training_images": len(train_fp),
+        "test_images": len(test_fp),
+        "unreadable_test_images": sum(1 for _, f in tests if f in bad),
+        "flat_images": sum(fp.phash is None for _, _, fp in (*train_fp, *test_fp)),
+        "exact": {
+            "count": len(exact),
+            "pairs": [{"train": a, "test": b} for a, b in exact[:MAX_LISTED_PAIRS]],
+        },
+        "near": {
+            "count": len(near),
+            "pairs": [
+                {"train": a, "test": b, "distance": d, "thumbnail_rms": r} for d, r, a, b in near[:MAX_LISTED_PAIRS]
+            ],
+        },
+    }
 
 
 _OUTPUT_NAMES = frozenset(

@@ -10,6 +10,11 @@ Two steps, each usable alone:
 
 `build_test_records` gives the same content as plain dicts and `write_test_file` writes either form fast; the CLI uses
 them. `write_meta`/`read_meta` keep the `split` field (and read AnomalyCLIP's `{"train": .., "test": ..}` form).
+`move_to_train(meta, share, seed)` moves a seeded share of each (class, specie) of the test images to the train split:
+a leak-free source of defective training images for layouts that keep every defect in `test/`.
+
+Images that cannot be read (for the similar templates) are collected, all of them: a test image among them is left out
+of the test file, a reference is never a template; the caller gets them all (`bad_images`), or one error naming them.
 
 References of a class are its `template` images if it has any, else its normal `train` images; test images are never
 references. A class without references gets empty template lists (as the released SDD file).
@@ -26,6 +31,7 @@ import functools
 import gc
 import json
 import os
+import random
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -33,8 +39,16 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from iadr1.data.io import atomic_write_text, read_json, safe_relpath
-from iadr1.data.layouts import LAYOUTS, Meta
+from iadr1.data.io import (
+    IMAGE_ERRORS,
+    atomic_write_text,
+    bad_images_message,
+    gray_thumbnail,
+    image_problem,
+    read_json,
+    safe_relpath,
+)
+from iadr1.data.layouts import LAYOUTS, Meta, scan_sdd
 from iadr1.data.schemas import (
     ANOMALY_LETTER,
     NORMAL_LETTER,
@@ -75,17 +89,20 @@ def _without_gc(fn: F) -> F:
 # meta.json
 # ---------------------------------------------------------------------------------------------------------------------
 @_without_gc
-def scan_layout(layout: str, root: Path, dataset: str | None = None) -> Meta:
+def scan_layout(layout: str, root: Path, dataset: str | None = None, bad_images: dict[str, str] | None = None) -> Meta:
     """Read the dataset at `root` in `layout` (mvtec, visa, mpdd, dtd, sdd, dagm, folder) into a meta dict.
 
     Paths are relative to `root`. For `folder`, `root/dataset/` is scanned and paths start with `dataset/`; the other
     layouts take the dataset folder itself as `root` (`dataset` only names the class of the class-less `sdd`).
-    An empty dataset is a `DataError` naming the folder searched.
+    An empty dataset is a `DataError` naming the folder searched. `bad_images`: as for `build_test_file` (only
+    `sdd` opens images while scanning: its label images).
     """
     try:
         importer = LAYOUTS[layout]
     except KeyError:
         raise ConfigError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}") from None
+    if layout == "sdd":
+        return scan_sdd(Path(root), dataset, bad_images)
     return importer(Path(root), dataset)
 
 
@@ -144,6 +161,29 @@ def read_meta(path: str | os.PathLike) -> Meta:
     return meta
 
 
+def move_to_train(meta: Meta, share: float, seed: int = 0) -> Meta:
+    """A copy of `meta` where a share of each (class, specie) group of test images has split `train`.
+
+    Per group of n test images, round(n * share) (half up) move, at most n - 1: every group keeps one test image.
+    Which ones is a seeded draw per (seed, class, specie), so one group's draw does not depend on the others.
+    Normal and defective images alike move (a leak-free training set needs both); entries keep their order.
+    """
+    if not 0.0 < share < 1.0:
+        raise ConfigError(f"--train-share must be between 0 and 1 (exclusive), got {share}")
+    out: Meta = {}
+    for cls, entries in meta.items():
+        groups: dict[str, list[int]] = {}
+        for i, e in enumerate(entries):
+            if split_of(e) == "test":
+                groups.setdefault(e.specie_name, []).append(i)
+        moved: set[int] = set()
+        for specie, idx in groups.items():
+            n = min(int(len(idx) * share + 0.5), len(idx) - 1)
+            moved.update(random.Random(f"{seed}:train-share:{cls}:{specie}").sample(idx, n))
+        out[cls] = [e.model_copy(update={"split": "train"}) if i in moved else e for i, e in enumerate(entries)]
+    return out
+
+
 def split_of(entry: MetaEntry) -> str:
     """The entry's split: its `split` field, else guessed from the path (`template` or `train` folder, else test)."""
     extra = entry.__pydantic_extra__  # direct: pydantic's attribute fallback costs more than the rest of this
@@ -175,22 +215,16 @@ def _check_rel(rel: str, what: str) -> str:
 # Image descriptor for similar templates
 # ---------------------------------------------------------------------------------------------------------------------
 def _thumbnail_bytes(path: str, size: int) -> bytes:
-    from PIL import Image, UnidentifiedImageError
+    """The descriptor's thumbnail; an image that cannot be read is a `DataError` in `check_image`'s words."""
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
             if im.format == "JPEG":
                 im.draft("L", (size * 2, size * 2))  # decode at 1/2..1/8 scale directly: far faster
-            if im.mode in ("L", "RGB"):
-                # Shrink first, then drop colour: the conversion then touches size*size pixels only.
-                return im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0).convert("L").tobytes()
-            # Palette, 1-bit, 16-bit and alpha modes: convert first (resizing them directly is nearest or lossy).
-            return im.convert("L").resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0).tobytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: image not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"{path}: unreadable image ({msg})") from None
+            return gray_thumbnail(im, size, size)
+    except IMAGE_ERRORS as e:
+        raise DataError(f"{path}: {image_problem(e)}") from None
 
 
 def image_descriptor(path: str | os.PathLike, size: int = DESCRIPTOR_SIZE) -> np.ndarray:
@@ -198,10 +232,19 @@ def image_descriptor(path: str | os.PathLike, size: int = DESCRIPTOR_SIZE) -> np
     return np.frombuffer(_thumbnail_bytes(os.fspath(path), size), np.uint8).astype(np.float32) / 255.0
 
 
-def _descriptor_chunk(args: tuple[list[str], int]) -> np.ndarray:
+def _descriptor_chunk(args: tuple[list[str], int]) -> tuple[np.ndarray, dict[int, str]]:
+    """Descriptors of a chunk, and {index in the chunk: problem} of the images that could not be read (zeros)."""
     paths, size = args
-    raw = b"".join([_thumbnail_bytes(p, size) for p in paths])
-    return np.frombuffer(raw, np.uint8).reshape(len(paths), size * size).astype(np.float32) / 255.0
+    blank = bytes(size * size)
+    parts, bad = [], {}
+    for i, p in enumerate(paths):
+        try:
+            parts.append(_thumbnail_bytes(p, size))
+        except DataError as e:
+            parts.append(blank)
+            bad[i] = str(e)
+    raw = b"".join(parts)
+    return np.frombuffer(raw, np.uint8).reshape(len(paths), size * size).astype(np.float32) / 255.0, bad
 
 
 def image_descriptors(
@@ -209,9 +252,12 @@ def image_descriptors(
     size: int = DESCRIPTOR_SIZE,
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    bad_images: dict[str, str] | None = None,
 ) -> np.ndarray:
     """Descriptors of many images, shape (n, size*size), in order. `progress(k)` is called as each k images finish.
 
+    Every image is tried: with `bad_images`, those that cannot be read get a row of zeros and are added to it as
+    `{path: "path: problem"}`; without, they are one `DataError` that counts them and names the first few.
     Large sets run on `workers` threads (default: one per core): Pillow releases the GIL while it decodes and
     resizes, so threads scale on real-size images, and unlike processes they never re-import the caller's main
     module or fork a process that holds other threads (rich's refresh thread, torch's pools).
@@ -224,12 +270,18 @@ def image_descriptors(
     workers = workers or os.cpu_count() or 1
     step = 256
     chunks = [(paths[s : s + step], size) for s in range(0, n, step)]
+    bad: dict[str, str] = {}
 
-    def fill(results: Iterable[np.ndarray]) -> np.ndarray:
-        for s, arr in zip(range(0, n, step), results, strict=True):
+    def fill(results: Iterable[tuple[np.ndarray, dict[int, str]]]) -> np.ndarray:
+        for s, (arr, chunk_bad) in zip(range(0, n, step), results, strict=True):
             out[s : s + len(arr)] = arr
+            bad.update((paths[s + i], why) for i, why in chunk_bad.items())
             if progress:
                 progress(len(arr))
+        if bad and bad_images is None:
+            raise DataError(bad_images_message(list(bad.values())))
+        if bad_images is not None:
+            bad_images.update(bad)
         return out
 
     if workers <= 1 or n < PARALLEL_MIN_IMAGES:
@@ -331,6 +383,7 @@ def build_test_records(
     workers: int | None = None,
     progress: ProgressFn | None = None,
     on_descriptors: Callable[[int], None] | None = None,
+    bad_images: dict[str, str] | None = None,
 ) -> dict[str, dict]:
     """`build_test_file` as plain JSON-ready dicts (what `write_test_file` writes fastest; same content)."""
     if templates < 0:
@@ -355,20 +408,38 @@ def build_test_records(
         n = sum(len(es) for es in meta.values())
         raise DataError(f"the meta has no test images ({n} entries, none with split 'test')")
 
-    # 2. Descriptors of every test image and reference of the classes that have references, in one pool.
+    # 2. Descriptors of every test image and reference of the classes that have references, in one pool. Every
+    # image that cannot be read is found (not only the first): a test image among them leaves the test file, a
+    # reference the pool.
     sims: dict[str, list[list[int]]] = {}
     if similar and templates:
-        to_describe = [(cls, tests, refs) for cls, tests, refs in plan if refs and tests]
-        paths = [str(root / e.img_path) for _, t, r in to_describe for e in (*t, *r)]
+        to_describe = [k for k, (_, tests, refs) in enumerate(plan) if refs and tests]
+        paths = [str(root / e.img_path) for k in to_describe for e in (*plan[k][1], *plan[k][2])]
         if on_descriptors:
             on_descriptors(len(paths))
-        desc = image_descriptors(paths, workers=workers, progress=progress)
+        unreadable: dict[str, str] = {}
+        desc = image_descriptors(paths, workers=workers, progress=progress, bad_images=unreadable)
+        if unreadable and bad_images is None:
+            raise DataError(bad_images_message(list(unreadable.values())))
         at = 0
-        for cls, tests, refs in to_describe:
-            q = desc[at : at + len(tests)]
-            r = desc[at + len(tests) : at + len(tests) + len(refs)]
+        for k in to_describe:
+            cls, tests, refs = plan[k]
+            q, r = desc[at : at + len(tests)], desc[at + len(tests) : at + len(tests) + len(refs)]
             at += len(tests) + len(refs)
+            if unreadable:
+                ok_t = np.array([str(root / e.img_path) not in unreadable for e in tests], bool)
+                ok_r = np.array([str(root / e.img_path) not in unreadable for e in refs], bool)
+                if not (ok_t.all() and ok_r.all()):
+                    assert bad_images is not None
+                    for e, good in zip((*tests, *refs), (*ok_t, *ok_r), strict=True):
+                        if not good:
+                            bad_images[e.img_path] = unreadable[str(root / e.img_path)]
+                    tests = [e for e, good in zip(tests, ok_t, strict=True) if good]
+                    refs = [e for e, good in zip(refs, ok_r, strict=True) if good]
+                    plan[k], q, r = (cls, tests, refs), q[ok_t], r[ok_r]
             sims[cls] = most_similar(q, r, templates).tolist()
+        if not any(tests for _, tests, _ in plan):
+            raise DataError(f"no readable test image: {bad_images_message(list(unreadable.values()))}")
 
     # 3. Records, shaped exactly as `TestEntry.to_json()`.
     out: dict[str, dict] = {}
@@ -404,6 +475,7 @@ def build_test_file(
     workers: int | None = None,
     progress: ProgressFn | None = None,
     on_descriptors: Callable[[int], None] | None = None,
+    bad_images: dict[str, str] | None = None,
 ) -> dict[str, TestEntry]:
     """One `TestEntry` per test image of `meta`, in meta order, keyed by `prefix + img_path` (see `key_prefix`).
 
@@ -411,9 +483,13 @@ def build_test_file(
     not depend on the others); `similar=False` leaves `similar_templates` empty and opens no image at all. Images are
     read (for descriptors) from `root / img_path` only for classes that have references; `on_descriptors(n)` is
     called first with the number of images to describe, then `progress(k)` as they are done. Unsafe paths,
-    duplicate keys and a meta with no test image are `DataError`s.
+    duplicate keys and a meta with no test image are `DataError`s. Images that cannot be read are all found: with
+    `bad_images` they are skipped (a test image leaves the file, a reference the templates) and added to it as
+    `{img_path: "file: problem"}`; without, they are one `DataError` counting them and naming the first ten.
     """
-    records = build_test_records(meta, root, templates, seed, dataset, similar, workers, progress, on_descriptors)
+    records = build_test_records(
+        meta, root, templates, seed, dataset, similar, workers, progress, on_descriptors, bad_images
+    )
     return {k: TestEntry.model_validate(v) for k, v in records.items()}
 
 

@@ -1,12 +1,15 @@
 """File input/output: atomic writes, resumable JSONL appends, JSON reading with one-line errors, path safety,
-image checks."""
+image checks and image fingerprints."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -107,8 +110,71 @@ def _truncate_torn_tail(path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # Reading
 # ---------------------------------------------------------------------------------------------------------------------
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file; a missing file or a syntax error is a one-line `DataError` naming the file and position."""
+class DuplicateKeyError(ValueError):
+    """A JSON object repeats a key. `json` would keep the last value without a word: a record or a field lost."""
+
+    def __init__(self, key: str):
+        super().__init__(f"key {key!r} appears twice (JSON keeps the last value only)")
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) < len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise DuplicateKeyError(k)
+            seen.add(k)
+    return d
+
+
+def loads_json(text: str, unique_keys: bool = True) -> Any:
+    """`json.loads`; with `unique_keys`, an object that repeats a key raises `DuplicateKeyError`."""
+    return json.loads(text, object_pairs_hook=_unique_pairs) if unique_keys else json.loads(text)
+
+
+def _duplicate_where(text: str) -> str:
+    """Where the first repeated key of a document is: `key 'K' ...` at the top level, else `record R: key 'K' ...`
+    naming the top-level record (key or index) that holds it. Parses again; only called on that error."""
+    repeats: list[tuple[dict, str]] = []  # the objects stay alive here, so their ids stay unique
+
+    def note(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        try:
+            return _unique_pairs(pairs)
+        except DuplicateKeyError as e:
+            d = dict(pairs)
+            repeats.append((d, e.key))
+            return d
+
+    top = json.loads(text, object_pairs_hook=note)
+    by_id = {id(d): key for d, key in repeats}
+
+    def find(obj: Any) -> str | None:
+        if isinstance(obj, dict):
+            if id(obj) in by_id:
+                return by_id[id(obj)]
+            return next((k for k in map(find, obj.values()) if k is not None), None)
+        if isinstance(obj, list):
+            return next((k for k in map(find, obj) if k is not None), None)
+        return None
+
+    if isinstance(top, dict) and id(top) in by_id:
+        return str(DuplicateKeyError(by_id[id(top)]))
+    records = top.items() if isinstance(top, dict) else enumerate(top) if isinstance(top, list) else ()
+    for rec, value in records:
+        key = find(value)
+        if key is not None:
+            return f"record {rec!r}: {DuplicateKeyError(key)}"
+    return str(DuplicateKeyError(repeats[0][1])) if repeats else "a key appears twice"
+
+
+def read_json(path: str | os.PathLike, unique_keys: bool = True) -> Any:
+    """Read a JSON file; a missing file or a syntax error is a one-line `DataError` naming the file and position.
+
+    With `unique_keys` (the default) an object that repeats a key is a `DataError` naming the key and the top-level
+    record holding it: plain JSON readers keep the last value silently, which loses a record or a field.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -118,17 +184,33 @@ def read_json(path: str | os.PathLike) -> Any:
         raise DataError(f"{path}: is a folder, expected a JSON file") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:  # permission denied, a dead network mount...: still one line, not a traceback
+        raise DataError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
     try:
-        return json.loads(text)
+        return loads_json(text, unique_keys)
+    except DuplicateKeyError:
+        raise DataError(f"{path}: {_duplicate_where(text)}") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
 
-def iter_jsonl(path: str | os.PathLike, skip_torn_tail: bool = True) -> Iterator[tuple[int, Any]]:
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, in hex (read in 1 MiB chunks: test files and configs of any size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def iter_jsonl(
+    path: str | os.PathLike, skip_torn_tail: bool = True, unique_keys: bool = True
+) -> Iterator[tuple[int, Any]]:
     """Yield (line number, object) for each non-blank line of a JSON Lines file.
 
     A malformed line is a `DataError` naming file and line, except a last line with no newline when
-    `skip_torn_tail` is set (what a killed writer leaves behind), which is ignored.
+    `skip_torn_tail` is set (what a killed writer leaves behind), which is ignored. With `unique_keys`, a line
+    whose object repeats a key is a `DataError` naming file, line and key.
     """
     path = Path(path)
     try:
@@ -140,19 +222,23 @@ def iter_jsonl(path: str | os.PathLike, skip_torn_tail: bool = True) -> Iterator
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                yield lineno, loads_json(line, unique_keys)
+            except DuplicateKeyError as e:
+                raise DataError(f"{path}: line {lineno}: {e}") from None
             except json.JSONDecodeError as e:
                 if skip_torn_tail and not line.endswith("\n"):
                     return
                 raise DataError(f"{path}: malformed JSON on line {lineno}: {e.msg}") from None
 
 
-def read_json_or_jsonl(path: str | os.PathLike) -> list[Any]:
-    """Read a list of records from `.jsonl` (one per line) or `.json` (a list, or a dict whose values are records)."""
+def read_json_or_jsonl(path: str | os.PathLike, unique_keys: bool = True) -> list[Any]:
+    """Read a list of records from `.jsonl` (one per line) or `.json` (a list, or a dict whose values are records).
+
+    `unique_keys`: as for `read_json` and `iter_jsonl`."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        return [obj for _, obj in iter_jsonl(path)]
-    obj = read_json(path)
+        return [obj for _, obj in iter_jsonl(path, unique_keys=unique_keys)]
+    obj = read_json(path, unique_keys)
     if isinstance(obj, dict):
         return list(obj.values())
     if not isinstance(obj, list):
@@ -191,33 +277,145 @@ def is_image_file(path: str | os.PathLike) -> bool:
 # ---------------------------------------------------------------------------------------------------------------------
 # Images
 # ---------------------------------------------------------------------------------------------------------------------
+# What opening or decoding a bad image raises (Pillow's own errors are OSErrors, SyntaxErrors or ValueErrors).
+IMAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, SyntaxError, ValueError)
+
+
+def image_problem(e: BaseException) -> str:
+    """The short description of why opening or decoding an image raised `e` (one of `IMAGE_ERRORS`), in the words
+    of `check_image`, so that every command names a bad image alike."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(e, FileNotFoundError):
+        return "missing file"
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image (unrecognised format)"
+    if isinstance(e, (PermissionError, IsADirectoryError)):
+        return f"unreadable ({e.strerror})"
+    msg = str(e).split("\n")[0] or type(e).__name__
+    return f"corrupt image ({msg})"
+
+
+# How many unreadable images a message names before "and N more".
+SHOW_BAD_IMAGES = 10
+
+
+def bad_images_message(details: list[str], shown: int = SHOW_BAD_IMAGES) -> str:
+    """One line for `"file: problem"` texts of unreadable images: the text itself for one, else their count and the
+    first `shown`."""
+    if len(details) == 1:
+        return details[0]
+    more = f"; and {len(details) - shown} more" if len(details) > shown else ""
+    return f"{len(details)} unreadable images: {'; '.join(details[:shown])}{more}"
+
+
 def check_image(path: str | os.PathLike) -> str | None:
     """Return None if `path` is a readable, complete image, else a short description of the problem.
 
     Decodes the whole image (a truncated PNG passes `Image.verify` on its header alone).
     """
-    from PIL import Image, UnidentifiedImageError
+    return inspect_image(path, fingerprint=False)[0]
+
+
+def gray_thumbnail(im: Any, width: int, height: int) -> bytes:
+    """An open PIL image shrunk to `width`x`height` 8-bit gray (a box reduction, then bilinear), as raw bytes."""
+    from PIL import Image
+
+    if im.mode in ("L", "RGB"):
+        # Shrink first, then drop colour: the conversion then touches width*height pixels only.
+        small = im.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        return small.convert("L").tobytes()
+    # Palette, 1-bit, 16-bit and alpha modes: convert first (resizing them directly is nearest or lossy).
+    return im.convert("L").resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0).tobytes()
+
+
+# Two images are near copies (the same picture re-encoded, e.g. saved again as JPEG) when their perceptual hashes
+# differ in at most NEAR_DISTANCE of 128 bits, confirmed by their 16x16 gray thumbnails differing by at most
+# NEAR_RMS gray levels (root mean square, of 255). Measured (docs/build-data.md): JPEG re-encodings at quality 75-95
+# of textured images stay within 12 bits and 0.7 levels; distinct tiles of one photograph are 21 or more bits apart;
+# distinct centred objects (the synthetic coins) can be within 16 bits, but are 15 or more levels apart.
+NEAR_DISTANCE = 16
+NEAR_RMS = 3.0
+# A thumbnail whose gray levels spread less than this (standard deviation) is flat: its gradient signs are noise,
+# so it gets no perceptual hash (only byte copies of it are found).
+_FLAT_STD = 2.0
+THUMBNAIL_SIZE = 16  # the side of `ImageFingerprint.thumbnail` (as convert's image descriptor)
+
+
+@dataclass(frozen=True)
+class ImageFingerprint:
+    """What tells image files apart by content: `sha` (SHA-256 of the file's bytes, for exact copies); `phash`
+    (a 128-bit difference hash of the picture, for re-encoded copies; None when the image is flat); `thumbnail`
+    (the picture as 16x16 gray bytes, which confirms a hash match).
+
+    `phash`: the thumbnail shrunk to 9x9; one bit per pair of horizontal neighbours in the first 8 rows, then per
+    pair of vertical neighbours in the first 8 columns, set where the brightness rises. Re-encoding keeps nearly
+    every sign; distinct images differ in about half of them.
+    """
+
+    sha: str
+    phash: int | None
+    thumbnail: bytes
+
+    def distance(self, other: ImageFingerprint) -> int | None:
+        """Hamming distance of the perceptual hashes (0..128); None if either image is flat."""
+        if self.phash is None or other.phash is None:
+            return None
+        return (self.phash ^ other.phash).bit_count()
+
+    def thumbnail_rms(self, other: ImageFingerprint) -> float:
+        """Root mean square difference of the two thumbnails, in gray levels (0..255)."""
+        import numpy as np
+
+        a = np.frombuffer(self.thumbnail, np.uint8).astype(np.float32)
+        return float(np.sqrt(np.mean((a - np.frombuffer(other.thumbnail, np.uint8)) ** 2)))
+
+    def is_near(self, other: ImageFingerprint) -> bool:
+        """The same picture, maybe re-encoded: hashes within `NEAR_DISTANCE` bits and thumbnails within
+        `NEAR_RMS` gray levels."""
+        d = self.distance(other)
+        return d is not None and d <= NEAR_DISTANCE and self.thumbnail_rms(other) <= NEAR_RMS
+
+
+def _fingerprint(data: bytes, im: Any) -> ImageFingerprint:
+    import numpy as np
+    from PIL import Image
+
+    thumb = gray_thumbnail(im, THUMBNAIL_SIZE, THUMBNAIL_SIZE)  # the one resize of the full image
+    small = Image.frombytes("L", (THUMBNAIL_SIZE, THUMBNAIL_SIZE), thumb).resize((9, 9), Image.Resampling.BILINEAR)
+    t = np.asarray(small, np.int16)
+    phash = None
+    if t.std() >= _FLAT_STD:
+        bits = np.concatenate([(t[:8, 1:] > t[:8, :-1]).ravel(), (t[1:, :8] > t[:-1, :8]).ravel()])
+        phash = int.from_bytes(np.packbits(bits).tobytes(), "big")
+    return ImageFingerprint(hashlib.sha256(data).hexdigest(), phash, thumb)
+
+
+def inspect_image(path: str | os.PathLike, fingerprint: bool = True) -> tuple[str | None, ImageFingerprint | None]:
+    """(problem, fingerprint) of an image file, decoded once: the problem as `check_image` gives it (None for a
+    readable, complete image), and with `fingerprint`, for a readable image, its `ImageFingerprint` (else None)."""
+    from PIL import Image
 
     path = Path(path)
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        return "missing file"
+        return "missing file", None
     except OSError as e:
-        return f"unreadable ({e.strerror})"
+        return f"unreadable ({e.strerror})", None
     if size == 0:
-        return "empty file (0 bytes)"
+        return "empty file (0 bytes)", None
     try:
-        with Image.open(path) as im:
+        data = path.read_bytes() if fingerprint else b""  # read once: hashed, then decoded from memory
+        with Image.open(io.BytesIO(data) if fingerprint else path) as im:
             im.load()
             if im.width == 0 or im.height == 0:
-                return "image has zero size"
-    except UnidentifiedImageError:
-        return "not an image (unrecognised format)"
-    except (OSError, SyntaxError, ValueError) as e:
-        msg = str(e).split("\n")[0] or type(e).__name__
-        return f"corrupt image ({msg})"
-    return None
+                return "image has zero size", None
+            if not fingerprint:
+                return None, None
+            return None, _fingerprint(data, im)
+    except IMAGE_ERRORS as e:
+        return image_problem(e), None
 
 
 def load_rgb(path: str | os.PathLike):

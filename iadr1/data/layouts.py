@@ -15,7 +15,8 @@ Layouts (see docs/convert.md for the trees):
   `<cls>/train/good/`), or with no class level `ROOT/NAME/test/<specie>/<img>`; paths start with `NAME/`.
 
 Listing uses `os.scandir` and plain string joins (no `Path` per file) because a scan of 50,000 files must take
-well under a second.
+well under a second. The only images a scan opens are KolektorSDD's label images: every unreadable one is found, and
+its image skipped into `bad_images` when the caller passes that dict (else they are one error naming them all).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from iadr1.data.io import IMAGE_SUFFIXES, safe_relpath
+from iadr1.data.io import IMAGE_ERRORS, IMAGE_SUFFIXES, bad_images_message, image_problem, safe_relpath
 from iadr1.data.schemas import MetaEntry
 from iadr1.errors import DataError
 
@@ -246,16 +247,19 @@ def _label_has_defect(path: str) -> bool:
     try:
         with Image.open(path) as im:
             return im.getbbox() is not None  # None when every pixel is zero
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: unreadable label image ({str(e).splitlines()[0] if str(e) else e})") from None
+    except IMAGE_ERRORS as e:
+        raise DataError(f"{path}: unreadable label image: {image_problem(e)}") from None
 
 
-def scan_sdd(root: Path, dataset: str | None = None) -> Meta:
+def scan_sdd(root: Path, dataset: str | None = None, bad_images: dict[str, str] | None = None) -> Meta:
     """KolektorSDD: `kosNN/PartK.jpg` + `kosNN/PartK_label.bmp`; every image is a test image of one class
-    named after the dataset (the released SDD test set has no class level)."""
+    named after the dataset (the released SDD test set has no class level). An image whose label cannot be read
+    is skipped into `bad_images` (`{img_path: "label file: problem"}`); without that dict, every such label is
+    one `DataError`."""
     _require_dir(root)
     cls = dataset or root.name
     out: list[MetaEntry] = []
+    bad: dict[str, str] = {}
     for folder in _subdirs(str(root)):
         names = _images(os.path.join(root, folder))
         stems = {_stem(n): n for n in names}
@@ -266,7 +270,11 @@ def scan_sdd(root: Path, dataset: str | None = None) -> Meta:
             label = stems.get(stem + "_label")
             if label is None:
                 raise DataError(f"{root / folder / name}: no label image {stem}_label.bmp beside it")
-            defect = _label_has_defect(os.path.join(root, folder, label))
+            try:
+                defect = _label_has_defect(os.path.join(root, folder, label))
+            except DataError as e:
+                bad[f"{folder}/{name}"] = str(e)
+                continue
             out.append(
                 _entry(
                     f"{folder}/{name}",
@@ -277,6 +285,10 @@ def scan_sdd(root: Path, dataset: str | None = None) -> Meta:
                     "test",
                 )
             )
+    if bad and bad_images is None:
+        raise DataError(bad_images_message(list(bad.values())))
+    if bad_images is not None:
+        bad_images.update(bad)
     return _require_some({cls: out}, "sdd", root, "expected kosNN/PartK.jpg with PartK_label.bmp")
 
 

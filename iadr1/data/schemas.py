@@ -114,7 +114,7 @@ class Prediction(_Record):
     raw: str | None = None
     answer: Literal["yes", "no"] | None = None
     letter: Literal["A", "B", "E"] = UNANSWERED_LETTER
-    p_yes: float | None = None
+    p_yes: float | None = Field(None, allow_inf_nan=False)  # Python's json reads NaN: refused, not taken for absent
     latency_s: float | None = None
     error: str | None = None
 

@@ -20,7 +20,7 @@ Tiles are cut from photographs that ship inside scikit-image (brick, grass and g
 each tile centred on one coin found by segmentation), tinted per class and jittered (crop scale, flips,
 brightness). Train, test and template tiles come from disjoint parts of each photograph (coins: disjoint
 coins). Each defective tile gets one of eight defects, one per category of the SC-GRPO type reward
-(REFERENCE.md section 4), with random size and contrast; the annotation's location is the 3x3-grid cell of the
+(docs/method.md §4), with random size and contrast; the annotation's location is the 3x3-grid cell of the
 mask's centroid and its reasoning describes what was drawn. Everything is a function of the seed: two runs
 write byte-identical files.
 """

@@ -7,7 +7,8 @@ read in a forked child while the predictions are read (`TestFileReader`). The us
 decoded into strictly typed structs (`_Entry`, `_PlainPrediction`), so that decoding is the whole check; any other
 file is decoded again as it is (`_AnyEntry`, `_AnyPrediction`) and judged record by record. When the decoder rejects
 a file, the file is read again through the pydantic schemas of `iadr1.data.schemas`, so the user sees the same
-one-line error (file, record, field) as everywhere in iadr1.
+one-line error (file, record, field) as everywhere in iadr1. Nothing is dropped without a word: an image key that
+appears twice in a test file, a reply (`raw`) that is not text and a `p_yes` that is NaN are errors, on both paths.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import gc
 import itertools
 import mmap
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -79,6 +81,15 @@ def _file_bytes(path: Path) -> Iterator[Any]:
 # A test file is decoded as `_Entry` first: the usual file, whose answers are all A or B (the schema's rule, decoded
 # as the constants "A" and "B": no string made per answer) and which carries no ground-truth location or type. Any
 # other file is decoded again as `_AnyEntry`, as it is, and judged record by record.
+#
+# msgspec keeps the last value of a key that appears twice, without a word (it has no option to refuse): a test image
+# would vanish. So every entry decoded, kept or not, is appended to `_DECODED` by `list.append` itself as the entry's
+# `__post_init__`: a C call, no Python frame (measured: within the noise of decoding a million entries, where a
+# Python `__post_init__` costs 50 ms). More entries decoded than keys kept means a repeated key.
+_DECODED: list[Any] = []
+_DECODED_LOCK = threading.Lock()  # one decode at a time uses `_DECODED`
+
+
 class _Question(msgspec.Struct, gc=False):
     Answer: Literal["A", "B"]
 
@@ -87,6 +98,7 @@ class _Entry(msgspec.Struct, gc=False):
     conversation: tuple[_Question, ...]  # a tuple is one allocation, a list two
     location: None = None
     type: None = None
+    __post_init__ = _DECODED.append
 
 
 class _AnyQuestion(msgspec.Struct, gc=False):
@@ -97,6 +109,7 @@ class _AnyEntry(msgspec.Struct, gc=False):
     conversation: tuple[_AnyQuestion, ...]
     location: Any = None  # optional ground truth carried by the test file (e.g. the synthetic dataset)
     type: Any = None
+    __post_init__ = _DECODED.append
 
 
 @dataclass
@@ -147,14 +160,22 @@ def _read_test_file(path: Path) -> tuple[list[str], list[Any], dict[str, tuple[s
     one-line error if bad."""
     entries: dict[str, _Entry] | dict[str, _AnyEntry]
     try:
-        with _file_bytes(path) as data, gc_paused():
+        with _file_bytes(path) as data, gc_paused(), _DECODED_LOCK:
             try:
-                entries = msgspec.json.decode(data, type=dict[str, _Entry])
-            except msgspec.ValidationError:  # not the usual file: read as it is, judged below
-                entries = msgspec.json.decode(data, type=dict[str, _AnyEntry])
+                try:
+                    entries = msgspec.json.decode(data, type=dict[str, _Entry])
+                except msgspec.ValidationError:  # not the usual file: read as it is, judged below
+                    _DECODED.clear()
+                    entries = msgspec.json.decode(data, type=dict[str, _AnyEntry])
+                n_decoded = len(_DECODED)
+            finally:
+                _DECODED.clear()
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         load_test_file(path)  # raises the schema's one-line error
         raise DataError(f"{path}: {e}") from None  # only if the schema accepts what msgspec refused
+    if n_decoded != len(entries):
+        read_json(path)  # raises the one-line error naming the repeated key
+        raise DataError(f"{path}: an image key appears twice")  # only if json saw no repeat: never expected
     if not entries:
         raise DataError(f"{path}: the test file lists no images")
     keys = list(entries)
@@ -372,6 +393,8 @@ def load_defect_annotations(path: str | os.PathLike) -> dict[str, tuple[str | No
             ann = DefectAnnotation.model_validate(raw)
         except ValidationError as e:
             raise DataError(format_validation_error(path, key, e)) from None
+        if ann.image in out:  # which of the two is the truth is not ours to guess
+            raise DataError(f"{path}: record {key!r}: a second annotation for image {ann.image!r}")
         out[ann.image] = (ann.location, ann.type)
     return out
 
@@ -425,13 +448,20 @@ class Predictions:
     correct_answers: list[str | None] = field(default_factory=list)  # the original's labels, cross-checked
 
 
+# A key repeated inside one prediction record is not looked for: the msgspec decoders keep the last value and cannot
+# tell, and both paths must take the same files (tests/test_eval_load.py checks it). Predictions are written by
+# `iadr1 infer`, one `json.dumps` of a dict per line, which cannot repeat a key.
+_PREDICTION_UNIQUE_KEYS = False
+
+
 def _slow_validate(path: Path) -> None:
     """Re-read a file through the pydantic schemas to raise their one-line error naming the record."""
     items: Iterator[tuple[str, Any]]
     if path.suffix == ".jsonl":
-        items = ((f"line {n}", obj) for n, obj in iter_jsonl(path))
+        items = ((f"line {n}", obj) for n, obj in iter_jsonl(path, unique_keys=_PREDICTION_UNIQUE_KEYS))
     else:
-        items = ((str(i), obj) for i, obj in enumerate(read_json_or_jsonl(path)))
+        records = read_json_or_jsonl(path, unique_keys=_PREDICTION_UNIQUE_KEYS)
+        items = ((str(i), obj) for i, obj in enumerate(records))
     for key, obj in items:
         model = OriginalAnswer if isinstance(obj, dict) and "gpt_answer" in obj else Prediction
         validate_record(model, obj, path, key)
@@ -440,9 +470,12 @@ def _slow_validate(path: Path) -> None:
 
 
 def _record_letter(rec: _AnyPrediction, path: Path, key: str) -> tuple[str, str | None]:
-    """(letter, raw reply) of one record whose letter needs a decision; an unknown label names the record."""
+    """(letter, raw reply) of one record whose letter needs a decision; an unknown label, or a reply that is not
+    text, names the record."""
     from iadr1.answers import parse
 
+    if rec.raw is not None and not isinstance(rec.raw, str):  # dropping it would score a reply never read
+        raise DataError(f"{path}: record {key!r}: field 'raw': expected a string or null, got {rec.raw!r:.60}")
     if rec.gpt_answer is not None:  # the original's record
         if rec.correct_answer not in ("A", "B"):
             raise DataError(f"{path}: record {key!r}: field 'correct_answer': unknown label {rec.correct_answer!r}")
@@ -454,7 +487,7 @@ def _record_letter(rec: _AnyPrediction, path: Path, key: str) -> tuple[str, str 
         if len(g.strip()) <= 1:
             raise DataError(f"{path}: record {key!r}: field 'gpt_answer': unknown label {g!r} (expected A, B or E)")
         return parse(g).letter, g  # a full reply stored instead of a letter
-    raw = rec.raw if isinstance(rec.raw, str) else None
+    raw = rec.raw
     if rec.error is not None:
         return "E", None
     if rec.letter is not None:
@@ -493,7 +526,7 @@ def _decode_predictions(path: Path) -> list[_AnyPrediction]:
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         _slow_validate(path)
         if path.suffix == ".jsonl":  # a torn last line (killed writer) is skipped, as iter_jsonl does
-            good = [obj for _, obj in iter_jsonl(path)]
+            good = [obj for _, obj in iter_jsonl(path, unique_keys=_PREDICTION_UNIQUE_KEYS)]
             return [msgspec.convert(o, _AnyPrediction) for o in good]
         raise DataError(f"{path}: {e}") from None
 
@@ -581,12 +614,15 @@ def _record_key(path: Path, i: int) -> str:
 
 
 def _p_yes_array(p_yes: list[Any], files: Sequence[Any], file_idx: np.ndarray, typed: bool = False) -> np.ndarray:
-    """`p_yes` as floats (NaN where absent); a value that is no probability is an error naming the record.
-    `typed`: every value is known to be a float, an int or None (decoded as such)."""
+    """`p_yes` as floats (NaN where absent); a value that is no probability (NaN included) is an error naming the
+    record. `typed`: every value is known to be a float, an int or None, as msgspec decoded it (msgspec refuses
+    the NaN token, so only the general path, which reads with Python's json, can meet one)."""
     kinds = {float} if typed else set(map(type, p_yes))
     bad_type = kinds - {float, int, type(None)}
     arr = np.full(len(p_yes), np.nan) if kinds <= {type(None)} or bad_type else np.array(p_yes, dtype=float)
     bad = ~np.isnan(arr) & ~((arr >= 0) & (arr <= 1))
+    if not typed and not bad_type and int(np.isnan(arr).sum()) > p_yes.count(None):  # a NaN given, not absent
+        bad |= np.fromiter((v is not None and v != v for v in p_yes), bool, len(p_yes))
     if bad_type:
         bad = np.fromiter((type(v) not in (float, int, type(None)) for v in p_yes), bool, len(p_yes))
     if bad.any():

@@ -22,7 +22,7 @@ from iadr1.eval.load import (
 )
 
 # A predicted type counts as right when `type_score` is at least this: the same defect category, or texts equal
-# or containing one another (REFERENCE.md section 4); a same-group-only match (0.3) or a fuzzy guess does not.
+# or containing one another (docs/method.md §4); a same-group-only match (0.3) or a fuzzy guess does not.
 TYPE_MATCH = 0.6
 
 

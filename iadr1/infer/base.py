@@ -64,6 +64,9 @@ class Backend(ABC):
     """An inference engine. Use as a context manager; `generate` yields (request, result) as results arrive."""
 
     name: str = "backend"
+    # One-line notes for the user about settings the backend chose itself (vLLM's max_model_len); the runner
+    # passes them on to the run's output.
+    notes: tuple[str, ...] = ()
 
     @abstractmethod
     def generate(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Result]]:

@@ -5,7 +5,12 @@ One JSON line per test image is appended (and fsynced) to the predictions file a
 - a rerun with the same options resumes: images already answered are skipped, nothing is written twice;
   images recorded with an `error` (unreadable file, API failure) are tried again, their old line removed first;
 - a run killed with SIGKILL loses at most the lines in flight (a torn last line is cut on the next open);
-- an unreadable or missing image (query or reference) is recorded with `error` and never stops the run.
+- an unreadable or missing image (query or reference) is recorded with `error` and never stops the run;
+- a folder holding predictions made with other answer-changing settings is refused (iadr1/infer/manifest.py),
+  unless `overwrite` starts over.
+
+Trivial mistakes (a missing model folder, image root or test file, a bad option) are found before torch,
+transformers or vLLM are imported (`check_inputs`), so they cost a fraction of a second, not a model load.
 
 Shards (`shard`, `num_shards`) split one test set for a cluster job array: shard I takes every N-th image
 starting at I (after `limit`), and writes `predictions.shard{I}of{N}.jsonl`, so that N jobs can share one
@@ -14,7 +19,6 @@ output folder; `iadr1 eval` takes all the shard files at once.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -25,11 +29,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from iadr1.answers import parse
-from iadr1.data.io import JsonlAppender, atomic_write_json, atomic_write_jsonl, check_image, iter_jsonl
+from iadr1.data.io import JsonlAppender, atomic_write_jsonl, check_image, file_sha256, iter_jsonl
 from iadr1.data.io import resolve_under as _resolve_under
 from iadr1.data.schemas import Prediction, TestEntry, load_test_file
 from iadr1.errors import ConfigError, DataError
 from iadr1.infer.base import Backend, GenerationOptions, Request, Result
+from iadr1.infer.manifest import WEIGHT_PATTERNS, check_folder, manifest_path, model_weights, now, run_settings
+from iadr1.infer.manifest import write_manifest as _write_manifest
+from iadr1.models.registry import family_of
 from iadr1.prompts import GRAMMAR_SYSTEM_PROMPT, PromptStyle, inference_segments
 
 BackendName = Literal["vllm", "transformers", "openai"]
@@ -60,14 +67,18 @@ class InferConfig(BaseModel):
     logprobs: bool | None = Field(None, description="Compute P(yes). Default: on for vllm/transformers.")
     # transformers
     batch_size: int = Field(8, ge=1)
-    dtype: str = "auto"
+    dtype: Literal["auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"] = Field(
+        "auto", description="auto: bf16 on CUDA, fp32 on CPU (vllm: the checkpoint's own on CPU)."
+    )
     device: str | None = None
     max_pixels: int | None = Field(None, ge=28 * 28, description="Image pixel cap (Qwen families).")
     # vllm
     tensor_parallel_size: int = Field(1, ge=1)
     data_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
-    max_model_len: int | None = Field(8192, ge=256)
+    max_model_len: int | None = Field(
+        None, ge=256, description="vllm: context length. Default: the model's own (config.json), at most 8192."
+    )
     enforce_eager: bool = False
     enable_prefix_caching: bool = True
     queue_size: int = Field(1024, ge=1)
@@ -156,6 +167,35 @@ class InferenceSummary(BaseModel):
     accuracy: float | None
     elapsed_s: float
     images_per_s: float
+    first_error: str | None = Field(None, description="The error of the first image that failed in this run.")
+    notes: list[str] = Field(default_factory=list, description="What the run said (resume, settings it chose).")
+
+    @property
+    def all_failed(self) -> bool:
+        """Every image this run tried failed (the CLI exits non-zero then)."""
+        return self.written > 0 and self.errors == self.written
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checks before anything heavy is imported
+# ---------------------------------------------------------------------------------------------------------------
+def check_inputs(cfg: InferConfig, model_folder: bool = True) -> None:
+    """Raise a one-line error for a missing or non-model `--model` folder (local backends, when `model_folder`),
+    a missing `--image-root` or an `--out` that is a file; reads only small files, imports nothing heavy. The test
+    file is checked as it is read (`load_test_file`), option values by `InferConfig`."""
+    if model_folder and cfg.backend != "openai":
+        path = Path(cfg.model)
+        if not path.is_dir():
+            where = "is a file, not a model folder" if path.exists() else "model folder not found"
+            raise ConfigError(f"--model {cfg.model}: {where} (vllm and transformers load local checkpoints only)")
+        family_of(path)  # config.json present, with a supported model_type
+        if not model_weights(path):
+            raise ConfigError(f"--model {cfg.model}: no weight files ({', '.join(WEIGHT_PATTERNS)}) in the folder")
+    if not cfg.image_root.is_dir():
+        where = "not a folder" if cfg.image_root.exists() else "folder not found"
+        raise DataError(f"--image-root {cfg.image_root}: {where}")
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise ConfigError(f"--out {cfg.out}: is a file, not a folder")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,7 +295,7 @@ def _read_done(path: Path, cfg: InferConfig, selected: set[str]) -> set[str]:
         if rec.prompt_style != cfg.prompt_style or rec.shots != cfg.shots:
             raise ConfigError(
                 f"{path} holds predictions with prompt style {rec.prompt_style!r}, {rec.shots}-shot; this run is "
-                f"{cfg.prompt_style!r}, {cfg.shots}-shot: use another --out folder"
+                f"{cfg.prompt_style!r}, {cfg.shots}-shot: pass --overwrite to start over, or use another --out folder"
             )
         if rec.image in done:
             dropped += 1  # a duplicate (should not happen): keep the first answer only
@@ -295,7 +335,9 @@ def run_inference(
     *,
     engine: Backend | None = None,
     progress: bool = True,
+    overwrite: bool = False,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_message: Callable[[str], None] | None = None,
     **options: Any,
 ) -> InferenceSummary:
     """Run inference over a test file and append predictions; returns a summary (output path included).
@@ -306,28 +348,54 @@ def run_inference(
                       backend="transformers", shots=1)
 
     `engine` reuses an already constructed backend (the demo, tests); otherwise the configured one is built, and
-    only if some image is left to answer.
+    only if some image is left to answer. A folder holding predictions made with other answer-changing settings
+    is a `ConfigError`, unless `overwrite` (start over: this file and files of other settings are removed).
+    `on_message` receives the run's one-line notes (resuming, nothing to do, settings a backend chose).
     """
     cfg = config if config is not None else load_config(None, **options)
     t_start = time.perf_counter()
+    notes: list[str] = []
+
+    def say(note: str) -> None:
+        notes.append(note)
+        if on_message is not None:
+            on_message(note)
+
+    check_inputs(cfg, model_folder=engine is None)
     entries = load_test_file(cfg.test_file)
+    if not entries:
+        raise DataError(f"{cfg.test_file}: the test file holds no images")
     keys = select_entries(entries, cfg.limit, cfg.shard, cfg.num_shards)
     out_path = cfg.predictions_path
+    settings = run_settings(cfg, file_sha256(cfg.test_file))
+    removed = check_folder(out_path, settings, overwrite)  # before anything in the folder changes
+    if removed:
+        say(f"--overwrite: removed {', '.join(p.name for p in removed)}")
     cfg.out.mkdir(parents=True, exist_ok=True)
     done = _read_done(out_path, cfg, set(keys))
+    started_at = now()
+    _write_manifest(out_path, cfg, settings, started_at)  # now: a run killed from here on is protected too
     todo = [k for k in keys if k not in done]
+    if not keys:
+        say(f"nothing to do: shard {cfg.shard} of {cfg.num_shards} holds no images of the test file")
+    elif not todo:
+        say(f"nothing to do: all {len(keys)} images are already answered in {out_path} (--overwrite starts over)")
+    elif len(todo) < len(keys):
+        say(f"resuming {out_path}: {len(keys) - len(todo)} of {len(keys)} images already answered")
     counts: Counter[str] = Counter()
     n_correct = n_scored = 0
+    first_error: str | None = None
 
     with JsonlAppender(out_path) as sink, _progress(progress, len(todo)) as advance:
 
         def write(key: str, result: Result) -> None:
-            nonlocal n_correct, n_scored
+            nonlocal n_correct, n_scored, first_error
             rec = _record(key, cfg, result)
             sink.write(rec)
             counts["written"] += 1
             if rec["error"]:
                 counts["errors"] += 1
+                first_error = first_error or f"{key}: {rec['error']}"
             else:
                 counts[{"A": "yes", "B": "no"}.get(rec["letter"], "unanswered")] += 1
                 n_scored += 1
@@ -350,6 +418,8 @@ def run_inference(
         if first is not None:
             own = engine is None
             runner = make_backend(cfg) if engine is None else engine
+            for note in runner.notes:
+                say(note)
             try:
                 for req, result in runner.generate(_chain(first, stream)):
                     write(req.key, result)
@@ -360,7 +430,7 @@ def run_inference(
     elapsed = time.perf_counter() - t_start
     summary = InferenceSummary(
         predictions=out_path,
-        manifest=out_path.with_suffix(".run.json"),
+        manifest=manifest_path(out_path),
         selected=len(keys),
         skipped=len(keys) - len(todo),
         written=counts["written"],
@@ -371,28 +441,16 @@ def run_inference(
         accuracy=(n_correct / n_scored) if n_scored else None,
         elapsed_s=round(elapsed, 3),
         images_per_s=round(counts["written"] / elapsed, 3) if elapsed > 0 else 0.0,
+        first_error=first_error,
+        notes=notes,
     )
-    _write_manifest(cfg, summary)
+    _write_manifest(out_path, cfg, settings, started_at, summary.model_dump(mode="json"))
     return summary
 
 
 def _chain(first: Request, rest: Iterator[Request]) -> Iterator[Request]:
     yield first
     yield from rest
-
-
-def _write_manifest(cfg: InferConfig, summary: InferenceSummary) -> None:
-    """`predictions*.run.json`: the options and versions of the last run on this file (no secrets: the API key
-    is only ever named by its environment variable)."""
-    from iadr1 import __version__
-
-    payload = {
-        "iadr1": __version__,
-        "config": json.loads(cfg.model_dump_json()),
-        "summary": json.loads(summary.model_dump_json()),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write_json(summary.manifest, payload, indent=2)
 
 
 class _progress:
@@ -444,6 +502,7 @@ __all__ = [
     "InferConfig",
     "InferenceSummary",
     "build_request",
+    "check_inputs",
     "load_config",
     "make_backend",
     "predictions_path",

@@ -8,6 +8,10 @@ as results come out, so the engine never runs dry.
 
 Prompts come from the checkpoint's own chat template (`render_prompt`), exactly as in the transformers backend.
 P(yes) comes from the top-20 logprobs at the answer position (a yes/no token outside the top 20 counts as 0).
+
+`max_model_len` defaults to the model's own context length, at most 8192: vLLM refuses a longer one with a
+20-line pydantic traceback (the demo's model and LLaVA-1.5-7B have 4096). Any failure to start the engine becomes
+one line naming the setting to change (`engine_start_error`).
 """
 
 from __future__ import annotations
@@ -15,23 +19,119 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from iadr1.data.io import load_rgb
-from iadr1.errors import ConfigError
+from iadr1.data.io import load_rgb, read_json
+from iadr1.errors import ConfigError, DataError
 from iadr1.infer.base import Backend, GenerationOptions, Request, Result, p_yes_from_steps
 from iadr1.models.loading import load_processor, render_prompt
-from iadr1.models.registry import family_of, read_model_type
+from iadr1.models.registry import family_of, read_model_config, read_model_type
 
 TOP_LOGPROBS = 20  # vLLM's default cap on returned logprobs
+# The published runs' context. A prompt here (K+1 images and a short question) is far shorter, and a longer
+# context only reserves KV-cache memory that no request uses.
+MAX_MODEL_LEN_CAP = 8192
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Engine settings and start-up failures (no vLLM needed: unit-tested in the main environment)
+# ---------------------------------------------------------------------------------------------------------------
+def model_context_length(model_path: str | os.PathLike) -> int | None:
+    """The model's context length: `max_position_embeddings` of its language model in config.json (`text_config`
+    for VLMs, `llm_config` for remote-code InternVL, else the top level), lowered to the tokenizer's
+    `model_max_length` as vLLM does; None when config.json gives none."""
+    config = read_model_config(model_path)
+    context = None
+    for part in (config.get("text_config"), config.get("llm_config"), config):
+        value = part.get("max_position_embeddings") if isinstance(part, dict) else None
+        if isinstance(value, int) and value > 0:
+            context = value
+            break
+    tokenizer_config = Path(model_path) / "tokenizer_config.json"
+    if context is not None and tokenizer_config.is_file():
+        try:
+            limit = read_json(tokenizer_config).get("model_max_length")
+        except (DataError, AttributeError):
+            limit = None
+        if isinstance(limit, int) and 0 < limit < context:
+            context = limit
+    return context
+
+
+def default_max_model_len(model_path: str | os.PathLike) -> tuple[int, str]:
+    """The `max_model_len` to use when none is given, and a line for the run's output saying so."""
+    context = model_context_length(model_path)
+    if context is None:
+        value, why = MAX_MODEL_LEN_CAP, "config.json gives no context length"
+    elif context > MAX_MODEL_LEN_CAP:
+        value, why = MAX_MODEL_LEN_CAP, f"the model's context {context}, capped at {MAX_MODEL_LEN_CAP}"
+    else:
+        value, why = context, "the model's context length, max_position_embeddings in config.json"
+    return value, f"vllm: max_model_len {value} ({why}; --max-model-len to change)"
+
+
+def engine_start_error(exc: BaseException, max_model_len: int | None, gpu_memory_utilization: float) -> ConfigError:
+    """One line for a failed `vllm.LLM(...)`, naming the setting to change. vLLM reports these as multi-line
+    pydantic errors or as a `ValueError` from its engine; the patterns are vLLM 0.32's messages."""
+    text = str(exc)
+    current = f"now {max_model_len}" if max_model_len else "vLLM's default"
+    memory = f"--gpu-memory-utilization (now {gpu_memory_utilization:g}; on CPU: VLLM_CPU_KVCACHE_SPACE, in GiB)"
+    if m := re.search(r"max_model_len \((\d+)\) is greater than the derived max_model_len \((\w+)=([\d.]+)", text):
+        asked, key, context = m.group(1), m.group(2), int(float(m.group(3)))
+        return ConfigError(
+            f"vLLM cannot start: max_model_len {asked} is longer than the model's context ({key} {context} in "
+            f"config.json): pass --max-model-len {context} or less, or leave it out (the default is the model's own)"
+        )
+    if m := re.search(
+        r"\(([\d.]+) GiB KV cache is needed, which is larger than the available KV cache memory "
+        r"\(([\d.]+) GiB\)",
+        text,
+    ):
+        fits = re.search(r"estimated maximum model length is (\d+)", text)
+        lower = (
+            f"lower --max-model-len ({current}; {fits.group(1)} fits)" if fits else f"lower --max-model-len ({current})"
+        )
+        return ConfigError(
+            f"vLLM cannot start: one request of the full context needs {m.group(1)} GiB of KV cache and "
+            f"{m.group(2)} GiB is free: {lower}, or raise {memory}"
+        )
+    if "No available memory for the cache blocks" in text:
+        return ConfigError(
+            f"vLLM cannot start: no memory is left for the KV cache once the model is loaded: raise {memory}, "
+            "or spread the model over more GPUs (--tensor-parallel-size)"
+        )
+    if "less than desired GPU memory utilization" in text:
+        return ConfigError(
+            f"vLLM cannot start: the GPU has less free memory than --gpu-memory-utilization "
+            f"{gpu_memory_utilization:g} asks for (another process holds some): lower it, or free the GPU"
+        )
+    if "out of memory" in text.lower():
+        return ConfigError(
+            f"vLLM ran out of memory while starting: lower --gpu-memory-utilization (now {gpu_memory_utilization:g})"
+            f" or --max-model-len ({current}), or raise --tensor-parallel-size"
+        )
+    errors = getattr(exc, "errors", None)  # a pydantic ValidationError: its first message, not the 20 lines
+    first = errors()[0]["msg"] if callable(errors) else next((x for x in text.splitlines() if x.strip()), "")
+    why = f"{type(exc).__name__}: {first.strip()[:300]}" if first else type(exc).__name__
+    if "Engine core initialization failed" in text:
+        why = "its engine process failed; vLLM's log above says why"
+    return ConfigError(
+        f"vLLM cannot start ({why}): check --max-model-len ({current}), --gpu-memory-utilization "
+        f"(now {gpu_memory_utilization:g}), --tensor-parallel-size"
+    )
 
 
 class VLLMBackend(Backend):
-    """`vllm.LLM` with the whole request list queued; greedy by default; bf16 on GPU."""
+    """`vllm.LLM` with the whole request list queued; greedy by default; bf16 on GPU.
+
+    `max_model_len=None` takes the model's own context length, at most 8192 (`self.max_model_len`; `self.notes`
+    says so). A failed engine start is a one-line `ConfigError` naming the setting to change.
+    """
 
     name = "vllm"
 
@@ -47,7 +147,7 @@ class VLLMBackend(Backend):
         data_parallel_size: int = 1,
         enable_prefix_caching: bool = True,
         gpu_memory_utilization: float = 0.9,
-        max_model_len: int | None = 8192,
+        max_model_len: int | None = None,
         enforce_eager: bool = False,
         queue_size: int = 1024,
         kv_cache_memory_bytes: int | None = None,
@@ -87,15 +187,21 @@ class VLLMBackend(Backend):
         }
         if int(data_parallel_size) > 1:
             kwargs["data_parallel_size"] = int(data_parallel_size)
-        if max_model_len:
-            kwargs["max_model_len"] = int(max_model_len)
+        if max_model_len is None and "max_model_len" not in engine_kwargs:
+            max_model_len, note = default_max_model_len(path)
+            self.notes = (note,)
+        kwargs["max_model_len"] = max_model_len
         if max_pixels and family.name in ("qwen2_vl", "qwen2_5_vl"):
             kwargs["mm_processor_kwargs"] = {"max_pixels": int(max_pixels)}
         if kv_cache_memory_bytes:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
         kwargs.update(family.vllm_options)
         kwargs.update(engine_kwargs)
-        self.llm = LLM(**kwargs)
+        self.max_model_len = int(kwargs["max_model_len"])
+        try:
+            self.llm = LLM(**kwargs)
+        except Exception as e:  # chained: a library user still sees vLLM's own traceback
+            raise engine_start_error(e, self.max_model_len, float(gpu_memory_utilization)) from e
         opts = self.options
         self.params = SamplingParams(
             temperature=opts.temperature,

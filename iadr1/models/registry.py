@@ -147,8 +147,8 @@ def get_family(name: str) -> Family:
     return fam
 
 
-def read_model_type(model_path: str | os.PathLike) -> str:
-    """The `model_type` in a checkpoint folder's config.json (a `ConfigError` naming the file if absent)."""
+def read_model_config(model_path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint folder's config.json as a dict (a `ConfigError` naming the file if absent or unreadable)."""
     path = Path(model_path)
     cfg = path / "config.json" if path.is_dir() else path
     if not cfg.exists():
@@ -157,7 +157,17 @@ def read_model_type(model_path: str | os.PathLike) -> str:
         data = json.loads(cfg.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{cfg}: cannot read config.json ({e})") from None
-    model_type = data.get("model_type") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cfg}: config.json is not a JSON object")
+    return data
+
+
+def read_model_type(model_path: str | os.PathLike) -> str:
+    """The `model_type` in a checkpoint folder's config.json (a `ConfigError` naming the file if absent)."""
+    path = Path(model_path)
+    data = read_model_config(path)
+    cfg = path / "config.json" if path.is_dir() else path
+    model_type = data.get("model_type")
     if not isinstance(model_type, str) or not model_type:
         raise ConfigError(f"{cfg}: config.json has no 'model_type'")
     return model_type

@@ -1,4 +1,4 @@
-"""SC-GRPO rewards (REFERENCE.md section 4) as small pure functions with TRL's reward signature.
+"""SC-GRPO rewards (docs/method.md §4) as small pure functions with TRL's reward signature.
 
 Each reward is `f(completions, solution, **kwargs) -> list[float]`, a completion being a string or TRL's
 `[{"role": "assistant", "content": str}]`. `accuracy_reward` and `consistency_reward` reproduce the published

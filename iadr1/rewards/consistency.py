@@ -49,7 +49,7 @@ def consistency_reward(completions: Sequence[Any], solution: Sequence[str], **kw
 def consistency_strict(completions: Sequence[Any], solution: Sequence[str], **kwargs: Any) -> list[float]:
     """Consistency judged on the whole reply with `iadr1.answers.follows_grammar`, 0 or 1.
 
-    The reply must be exactly the grammar of REFERENCE.md section 1 for the ground truth (yes: think,
+    The reply must be exactly the grammar of docs/method.md §1 for the ground truth (yes: think,
     location, type, answer; no: think, answer), each tag once, with only whitespace around tags; tags are
     case-insensitive and contents may span lines. Why: the published check fails a reply for a space or a
     line break between two tags (common in sampled text) yet passes one with junk or extra tags around the

@@ -1,4 +1,4 @@
-"""Defect-type similarity: the 8 categories in 2 groups of REFERENCE.md section 4 and `type_score`.
+"""Defect-type similarity: the 8 categories in 2 groups of docs/method.md §4 and `type_score`.
 
 A type text is normalised, then mapped to a category (exact keyword, else keyword substring, else the
 closest keyword by difflib ratio >= 0.7). `type_score` compares a predicted type with the ground-truth type
@@ -232,7 +232,7 @@ _score_cached = lru_cache(maxsize=65536)(_score)
 
 
 def type_score(pred: str, gt: str) -> float:
-    """Similarity of a predicted defect type to the ground-truth type, 0..1 (REFERENCE.md section 4).
+    """Similarity of a predicted defect type to the ground-truth type, 0..1 (docs/method.md §4).
 
     Rules on normalised texts, first that applies: either empty → 0; both groups known and different → 0;
     exactly one side a bare group term naming the other's group → 0.3; equal → 1; one contains the other → 0.85; a side

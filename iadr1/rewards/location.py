@@ -1,4 +1,4 @@
-"""Location credit on a 3×3 grid (REFERENCE.md section 4).
+"""Location credit on a 3×3 grid (docs/method.md §4).
 
 Cells are numbered 1..9 row by row (1 top left, 5 center, 9 bottom right). A text's cell is read from
 substrings: "left" → one column left, else "right" → one right; "top"/"upper" → one row up, else

@@ -1,6 +1,6 @@
 """Training configurations: one pydantic model per stage, loaded from YAML, overridden from the command line.
 
-Precedence, lowest first: the model defaults (the published settings of REFERENCE.md section 5 where one
+Precedence, lowest first: the model defaults (the published settings of docs/method.md §5 where one
 exists), a packaged recipe (`--recipe qwen2-vl-2b`), a YAML file (`--config run.yaml`), then command-line
 options. The resolved config is written to `<output_dir>/iadr1_config.yaml` so that a run can be repeated
 exactly:
