@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # (PyPI has no CPU torchvision wheel; see docs in README "Installation").
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-all lint bench clean vllm-env
+.PHONY: install demo test test-fast test-all lint bench clean vllm-env
 
 $(BIN)/iadr1:
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ vllm-env:
 test: install
 	-@$(MAKE) --no-print-directory vllm-env
 	$(BIN)/python -m pytest -q -m "not slow"; rc=$$?; [ $$rc -ne 5 ] || { echo "no tests collected"; exit 1; }; exit $$rc
+
+# The fast majority (about a minute): no tiny-model training, no demo, no whole-command subprocess runs.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not train and not e2e and not slow"
 
 test-all: install
 	-@$(MAKE) --no-print-directory vllm-env

@@ -52,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=50_000)
     ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--templates", type=int, default=4)
+    ap.add_argument("--num-templates", dest="templates", type=int, default=4)
     ap.add_argument("--workers", type=int, default=0, help="descriptor processes (0: all cores)")
     ap.add_argument("--keep", type=Path, default=None, help="generate into this folder and keep it")
     args = ap.parse_args()

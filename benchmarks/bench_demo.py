@@ -1,7 +1,7 @@
 """The learning proof: the full-size `iadr1 demo` on held-out synthetic images, checked against the bar.
 
     python benchmarks/bench_demo.py                       # the defaults of `iadr1 demo` (about 5 min, 2 cores)
-    python benchmarks/bench_demo.py --set n_train=3000 --set sft_lr=2e-3 --json /tmp/demo.json
+    python benchmarks/bench_demo.py --set n_train=3000 --set 'sft={"lr": 2e-3}' --json /tmp/demo.json
     python benchmarks/bench_demo.py --quick               # the shortened run of tests/test_demo.py
 
 The bar (issue 7): balanced accuracy >= 80 after PA-SFT; SC-GRPO keeps it >= SFT - 2 and brings the consistency
@@ -60,7 +60,6 @@ def train_set_accuracy(report: dict[str, Any], n: int, batch_size: int, max_new_
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         max_pixels=max_pixels,
-        progress=False,
     )
     return round(100 * (summary.accuracy or 0.0), 1)
 

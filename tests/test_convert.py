@@ -26,7 +26,8 @@ from iadr1.data.convert import (
     write_meta,
     write_test_file,
 )
-from iadr1.data.schemas import MetaEntry, dump_meta, dump_test_file, load_meta, load_test_file
+from iadr1.data.keys import KeyIndex, dataset_and_class, key_scheme, specie_of
+from iadr1.data.schemas import MetaEntry, TestEntry, load_test_file
 from iadr1.errors import ConfigError, DataError
 
 
@@ -237,15 +238,13 @@ def test_folder_layout_errors_name_the_folder(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # meta.json and test file round trips
 # ---------------------------------------------------------------------------------------------------------------
-def test_meta_round_trip_keeps_split_and_matches_schemas_loader(tmp_path):
+def test_meta_round_trip_keeps_split(tmp_path):
     meta = scan_layout("mvtec", make_mvtec(tmp_path / "d", template={"bottle": 1}))
     path = write_meta(meta, tmp_path / "meta.json")
     back = read_meta(path)
     assert rows(back) == rows(meta)
-    assert {c: [e.to_json() for e in es] for c, es in load_meta(path).items()} == {
-        c: [e.to_json() for e in es] for c, es in meta.items()
-    }
-    assert json.loads(path.read_text()) == json.loads(dump_meta(meta, tmp_path / "ref.json").read_text())
+    as_json = {c: [e.to_json() for e in es] for c, es in meta.items()}
+    assert {c: [e.to_json() for e in es] for c, es in back.items()} == as_json == json.loads(path.read_text())
     write_meta({}, tmp_path / "empty.json")
     assert read_meta(tmp_path / "empty.json") == {}
 
@@ -270,8 +269,10 @@ def test_test_file_round_trip_and_writer_equals_json_dumps(tmp_path):
     path = write_test_file(entries, tmp_path / "test.json")
     back = load_test_file(path)
     assert {k: e.to_json() for k, e in back.items()} == {k: e.to_json() for k, e in entries.items()}
-    # The fast writer writes exactly what json.dumps(indent=4) (and schemas.dump_test_file) writes.
-    assert path.read_text() == dump_test_file(entries, tmp_path / "ref.json").read_text()
+    # The one writer (`schemas.dump_test_file` is it too) writes exactly what json.dumps(indent=4) writes.
+    as_json = {k: e.to_json() for k, e in entries.items()}
+    assert path.read_text() == json.dumps(as_json, indent=4, ensure_ascii=False) + "\n"
+    assert write_test_file(as_json, tmp_path / "plain.json").read_text() == path.read_text()
     odd = {
         'é/ü "q".png': {**entries["MVTec/bottle/test/good/000.png"].to_json(), "image_path": 'é/ü "q".png'},
         "x/extra.png": {**entries["MVTec/bottle/test/good/000.png"].to_json(), "note": [1, {"a": None}]},
@@ -311,6 +312,51 @@ def test_keys_start_with_the_dataset_name(tmp_path):
     assert key_prefix(meta, root, "MPDD") == "MPDD/"
     with pytest.raises(ConfigError, match="one folder name"):
         key_prefix(meta, root, "a/b")
+
+
+@pytest.mark.parametrize(
+    ("key", "dataset", "cls", "specie"),
+    [
+        ("MPDD/bracket/test/scratch/0.png", "MPDD", "bracket", "scratch"),
+        ("MPDD/bracket/test/good/0.png", "MPDD", "bracket", "good"),
+        ("SDD/test/defect/kos01_Part1_0.png", "SDD", "SDD", "defect"),
+        ("DAGM/Class1/Test/0000.PNG", "DAGM", "Class1", "defect"),  # no folder under Test/: `defect`
+        ("VisA/candle/Data/Images/Anomaly/000.JPG", "VisA", "candle", "defect"),
+        ("X/a.png", "X", "X", "defect"),
+        ("a.png", "default", "default", "defect"),
+    ],
+)
+def test_one_rule_for_dataset_class_and_specie(key, dataset, cls, specie):
+    assert dataset_and_class(key) == (dataset, cls)
+    e = TestEntry.model_validate({"image_path": key, "conversation": [{"Answer": "A"}]})
+    assert (e.dataset, e.cls_name) == (dataset, cls)
+    assert specie_of(key, anomalous=True) == specie and specie_of(key, anomalous=False) == "good"
+
+
+def test_key_index_finds_either_form():
+    meta_paths = KeyIndex(["a/test/bad/0.png", "MPDD/b/test/good/0.png"])
+    assert meta_paths.find("MPDD/a/test/bad/0.png") == "a/test/bad/0.png"  # a test key among meta paths
+    assert meta_paths.find("MPDD/b/test/good/0.png") == "MPDD/b/test/good/0.png"  # folder layout: the same
+    assert meta_paths.find("MPDD/c/test/bad/0.png") is None
+    test_keys = KeyIndex({"D1/a/test/bad/0.png": 0, "D1/b/0.png": 1, "D2/b/0.png": 2})
+    assert test_keys.find("a/test/bad/0.png") == "D1/a/test/bad/0.png"  # a meta path among test keys
+    assert test_keys.find("b/0.png") is None  # in two datasets: neither is guessed
+    assert test_keys.find("D2/b/0.png") == "D2/b/0.png"
+
+
+def test_key_scheme_of_each_form(tmp_path):
+    folder_root = make_folder(tmp_path / "f", "MPDD")
+    folder = scan_layout("folder", folder_root, "MPDD")
+    s = key_scheme(folder, folder_root, "MPDD", layout="folder")
+    assert (s.prefix, s.name, s.image_root, s.resolvable) == ("", "MPDD", folder_root, True)
+    assert key_scheme(folder, folder_root) == s  # a folder-layout meta read from a file: the same keys
+    root = make_mvtec(tmp_path / "MVTec")
+    meta = scan_layout("mvtec", root)
+    s = key_scheme(meta, root, layout="mvtec")  # the dataset name defaults to ROOT's
+    assert (s.prefix, s.name, s.image_root, s.dataset, s.resolvable) == ("MVTec/", "MVTec", tmp_path, "MVTec", True)
+    assert not key_scheme(meta, root, "DS", layout="mvtec").resolvable  # no folder DS beside MVTec
+    with pytest.raises(ConfigError, match=r"^m.json: the paths start with several names \(bottle, screw\)"):
+        key_scheme(meta, root, source="m.json")
 
 
 def test_template_folder_first_else_train_good(tmp_path):
@@ -542,11 +588,25 @@ def test_cli_one_call_equals_two_steps(tmp_path, capsys):
     assert "MPDD/tubes/test/hole/001.png" in entries
 
 
+def test_cli_writes_through_the_one_fast_writer(tmp_path, capsys, monkeypatch):
+    root = make_folder(tmp_path / "data", "MPDD")
+    calls = []
+    real = cv.write_test_file
+    monkeypatch.setattr(cv, "write_test_file", lambda records, path: calls.append(path) or real(records, path))
+    test = tmp_path / "t.json"
+    code, out = run_cli(["convert", "--layout", "folder", "--root", root, "--dataset", "MPDD", "--test-file", test],
+                        capsys)  # fmt: skip
+    assert code == 0, out
+    assert calls == [test]
+    records = build_test_records(scan_layout("folder", root, "MPDD"), root, dataset="MPDD")
+    assert test.read_text() == json.dumps(records, indent=4, ensure_ascii=False) + "\n"
+
+
 def test_cli_standard_layout_prefixes_dataset_name(tmp_path, capsys):
     root = make_mvtec(tmp_path / "MVTec")
     one, meta, two = tmp_path / "one.json", tmp_path / "meta.json", tmp_path / "two.json"
     assert (
-        run_cli(["convert", "--layout", "mvtec", "--root", root, "--test-file", one, "--templates", "2"], capsys)[0]
+        run_cli(["convert", "--layout", "mvtec", "--root", root, "--test-file", one, "--num-templates", "2"], capsys)[0]
         == 0
     )
     assert run_cli(["convert", "--layout", "mvtec", "--root", root, "--meta", meta], capsys)[0] == 0
@@ -558,6 +618,7 @@ def test_cli_standard_layout_prefixes_dataset_name(tmp_path, capsys):
         capsys,
     )
     assert code == 0 and f"image root for inference: {tmp_path}" in out
+    assert "--templates is deprecated" in out and "--num-templates" in out  # the 0.1 spelling still works
     assert one.read_bytes() == two.read_bytes()
     assert all(k.startswith("MVTec/") for k in load_test_file(one))
     # A dataset name that differs from the folder's: the note says how inference will find the images.
@@ -603,5 +664,6 @@ def test_cli_bad_meta_is_an_error(tmp_path, capsys):
     code, out = run_cli(["convert", "--meta", meta, "--root", root, "--test-file", tmp_path / "t.json"], capsys)
     assert code == 1 and "malformed JSON" in out
     assert not (tmp_path / "t.json").exists()
-    code, out = run_cli(["convert", "--layout", "mvtec", "--root", root, "--meta", meta, "--templates", "-1"], capsys)
-    assert code == 2 and "Invalid value for '--templates'" in out  # a usage error, exit 2
+    args = ["convert", "--layout", "mvtec", "--root", root, "--meta", meta, "--num-templates", "-1"]
+    code, out = run_cli(args, capsys)
+    assert code == 2 and "Invalid value for '--num-templates'" in out  # a usage error, exit 2

@@ -13,14 +13,15 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from conftest import missing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iadr1.data.schemas import TestEntry
 from iadr1.errors import DataError
-from iadr1.eval import load
+from iadr1.eval import decoders, load
 from iadr1.eval.load import dataset_and_class, load_ground_truth, positions
-from iadr1.eval.pipeline import evaluate
+from iadr1.eval.pipeline import evaluate, per_specie
 
 YES = "<think>a dark line</think><location>top left</location><type>scratch</type><answer>Yes</answer>"
 NO = "<think>uniform surface</think><answer>No</answer>"
@@ -282,7 +283,7 @@ def test_duplicate_image_key_in_a_test_file_is_an_error(tmp_path):
         + ', "X/a/test/good/0.png": ' + rec + "}"
     )  # fmt: skip
     for general_only in (False, True):
-        forced = mock.patch.object(load, "_Entry", load._AnyEntry) if general_only else contextlib.nullcontext()
+        forced = mock.patch.object(decoders, "Entry", decoders.AnyEntry) if general_only else contextlib.nullcontext()
         with forced, pytest.raises(DataError) as e:
             load_ground_truth([t])
         assert str(e.value) == f"{t}: key 'X/a/test/good/0.png' appears twice (JSON keeps the last value only)"
@@ -509,7 +510,7 @@ def test_test_file_fast_decoder_equals_the_general_one(tmp_path, change, expecte
     path.write_text(json.dumps(data))
 
     def read(general_only: bool) -> object:
-        forced = mock.patch.object(load, "_Entry", load._AnyEntry) if general_only else contextlib.nullcontext()
+        forced = mock.patch.object(decoders, "Entry", decoders.AnyEntry) if general_only else contextlib.nullcontext()
         with forced:
             try:
                 gt = load_ground_truth([path])
@@ -542,7 +543,7 @@ def test_background_reader_returns_what_the_serial_read_does(tmp_path):
     t2 = write_test_file(tmp_path / "t2.json", {"T/x/test/good/0.png": False, "T/x/test/bad/0.png": True})
     reader = TestFileReader.start([t1, t2], force=True)
     if reader is None:
-        pytest.skip("no fork here (not Linux, or other threads run)")
+        missing("no fork here (not Linux, or other threads run)")
     got = reader.result()
     assert got == [load._read_test_file(t1), load._read_test_file(t2)]
     assert got[0][2] == {"S/a/test/bad/1.png": ("center", "hole")}
@@ -561,7 +562,7 @@ def test_background_reader_errors_are_the_serial_ones(tmp_path):
     t.write_text(json.dumps(data))
     reader = TestFileReader.start([t], force=True)
     if reader is None:
-        pytest.skip("no fork here")
+        missing("no fork here (not Linux, or other threads run)")
     with pytest.raises(DataError, match=r"record 'X/a/test/good/0.png': field 'conversation.0.Answer'"):
         load_ground_truth([t], reader=reader)
     reader = TestFileReader.start([t], force=True)
@@ -584,7 +585,7 @@ def test_evaluate_in_the_background_equals_in_place(bench, monkeypatch):
     monkeypatch.setattr(load.TestFileReader, "start", classmethod(spy))
     background = evaluate([bench["test"]], [bench["pred"]], n_boot=100, seed=1)
     if started[0] is None:
-        pytest.skip("no fork here")
+        missing("no fork here (not Linux, or other threads run)")
     assert background.datasets == in_place.datasets and background.average == in_place.average
     # A bad predictions file: its error, and the child is stopped (no zombie left).
     bad = bench["dir"] / "bad.jsonl"
@@ -593,3 +594,85 @@ def test_evaluate_in_the_background_equals_in_place(bench, monkeypatch):
         evaluate([bench["test"]], [bad], n_boot=0)
     with pytest.raises(ChildProcessError):
         os.waitpid(started[-1].pid, os.WNOHANG)
+
+
+# --- keys: annotations in either form (docs/convert.md "Keys") -----------------------------------------------------
+def test_annotations_keyed_by_meta_path_are_read(tmp_path):
+    # build-data keys annotations by meta path (relative to the dataset folder); test-file keys carry the dataset
+    # name. Eval maps one form onto the other instead of ignoring every annotation without a word.
+    labels = {"S/a/test/bad/0.png": True, "S/a/test/bad/1.png": True, "S/a/test/good/0.png": False}
+    t = write_test_file(tmp_path / "t.json", labels)
+    reply = "<think>t</think><location>{}</location><type>{}</type><answer>Yes</answer>"
+    p = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            ours("S/a/test/bad/0.png", "A", reply.format("top left", "scratch")),
+            ours("S/a/test/bad/1.png", "A", reply.format("center", "hole")),
+            ours("S/a/test/good/0.png", "B"),
+        ],
+    )
+    ann = write_jsonl(
+        tmp_path / "ann.jsonl",
+        [
+            {"image": "a/test/bad/0.png", "reasoning": "r", "location": "top left", "type": "Scratch"},
+            {"image": "S/a/test/bad/1.png", "reasoning": "r", "location": "bottom", "type": "Hole"},  # test-file form
+        ],
+    )
+    r = evaluate([t], [p], annotations=[ann], n_boot=0)
+    d = r.datasets["S"]
+    assert (d["n_location_judged"], d["n_type_judged"]) == (2, 2)
+    assert (d["location_accuracy"], d["type_accuracy"]) == (50.0, 100.0)
+    assert r.warnings == [] and r.run["warnings"] == []
+
+
+def test_annotations_or_predictions_matching_no_test_key_are_warned(tmp_path):
+    t = write_test_file(tmp_path / "t.json", {"S/a/test/bad/0.png": True, "S/a/test/good/0.png": False})
+    p = write_jsonl(tmp_path / "p.jsonl", [ours("S/a/test/bad/0.png", "A"), ours("S/a/test/good/0.png", "B")])
+    ann = write_jsonl(tmp_path / "ann.jsonl", [{"image": "Other/x/0.png", "location": "top", "type": "Hole"}])
+    r = evaluate([t], [p], annotations=[ann], n_boot=0)
+    assert len(r.warnings) == 1 and r.run["warnings"] == r.warnings
+    assert f"none of the 1 annotations in {ann} match a test image" in r.warnings[0]
+    assert "'Other/x/0.png'" in r.warnings[0] and "'S/a/test/bad/0.png'" in r.warnings[0]
+    elsewhere = write_jsonl(tmp_path / "q.jsonl", [ours("T/a/test/bad/0.png", "A")])
+    r = evaluate([t], [elsewhere], n_boot=0)
+    assert len(r.warnings) == 1 and "none of the 1 predictions match a test image" in r.warnings[0]
+
+
+# --- per defect type (specie) ----------------------------------------------------------------------------------------
+def test_per_specie_accuracy_by_hand(bench):
+    r = evaluate([bench["test"]], [bench["pred"]], n_boot=0)
+    sp = per_specie(r)
+    assert list(sp) == ["DS"] and list(sp["DS"]) == ["good", "bad"]  # `good` first, then by name
+    assert sp["DS"]["good"] == {"n": 7, "n_right": 5, "accuracy": 5 / 7 * 100, "location_accuracy": None,
+                                "type_accuracy": None, "n_location_judged": 0, "n_type_judged": 0}  # fmt: skip
+    assert (sp["DS"]["bad"]["n"], sp["DS"]["bad"]["n_right"], sp["DS"]["bad"]["accuracy"]) == (5, 3, 60.0)
+    assert r.datasets["DS"]["species"] == sp["DS"] and "species" not in r.average
+
+
+def test_per_specie_location_and_type(tmp_path):
+    labels = {"S/a/test/scratch/0.png": True, "S/a/test/scratch/1.png": True, "S/b/test/hole/0.png": True,
+              "S/b/test/good/0.png": False, "T/test/good/0.png": False}  # fmt: skip
+    t = write_test_file(tmp_path / "t.json", labels)
+    reply = "<think>t</think><location>{}</location><type>{}</type><answer>Yes</answer>"
+    p = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            ours("S/a/test/scratch/0.png", "A", reply.format("top", "scratch")),  # both right
+            ours("S/a/test/scratch/1.png", "B"),  # missed: wrong, not judged
+            ours("S/b/test/hole/0.png", "A", reply.format("top", "stain")),  # right cell, wrong type
+            ours("S/b/test/good/0.png", "A"),  # overkill
+            ours("T/test/good/0.png", "B"),
+        ],
+    )
+    ann = write_jsonl(
+        tmp_path / "a.jsonl",
+        [{"image": k, "location": "top", "type": "scratch" if "scratch" in k else "hole"} for k in labels],
+    )
+    sp = per_specie(evaluate([t], [p], annotations=[ann], n_boot=0))
+    assert {k: {s: (d["n"], d["accuracy"]) for s, d in v.items()} for k, v in sp.items()} == {
+        "S": {"good": (1, 0.0), "hole": (1, 100.0), "scratch": (2, 50.0)},
+        "T": {"good": (1, 100.0)},
+    }
+    assert (sp["S"]["scratch"]["location_accuracy"], sp["S"]["scratch"]["type_accuracy"]) == (100.0, 100.0)
+    assert (sp["S"]["hole"]["location_accuracy"], sp["S"]["hole"]["type_accuracy"]) == (100.0, 0.0)
+    assert sp["S"]["scratch"]["n_type_judged"] == 1 and sp["S"]["good"]["n_type_judged"] == 0

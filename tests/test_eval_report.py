@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import missing
 from PIL import Image
 from test_eval_load import ANSWERS, LABELS, ours, write_jsonl, write_test_file
 
@@ -113,9 +113,11 @@ def test_cli_writes_every_output(two_shards, tmp_path, capsys):
     ):
         assert key in ds, key
     assert m["average"]["balanced_accuracy"] == ds["balanced_accuracy"]
-    assert m["run"]["name"] == "run-a" and m["run"]["missing"]["count"] == 1
+    assert m["run"]["name"] == "run-a" and m["run"]["missing"]["count"] == 1 and m["run"]["warnings"] == []
+    assert {sp: d["accuracy"] for sp, d in ds["species"].items()} == {"good": 5 / 7 * 100, "bad": 60.0}
     printed = capsys.readouterr().out
     assert "DS" in printed and "Average" in printed and "without a prediction" in printed
+    assert "per defect type" in printed and "warning" not in printed
     with Image.open(out / "heatmap.png") as im:
         assert im.width > 300 and im.height > 100
 
@@ -129,6 +131,18 @@ def test_cli_errors_are_one_line(two_shards, tmp_path, capsys):
         run_cli("eval", "-t", two_shards["test"], "-p", two_shards["s2"], dup, "-o", tmp_path / "o")
     err = capsys.readouterr().err
     assert "two predictions for image 'DS/c2/test/good/0.png'" in err and "Traceback" not in err
+
+
+def test_cli_warns_when_no_annotation_names_a_test_image(two_shards, tmp_path, capsys):
+    ann = write_jsonl(tmp_path / "ann.jsonl", [{"image": "OTHER/c1/test/bad/0.png", "location": "top"}])
+    out = tmp_path / "out"
+    run_cli("eval", "-t", two_shards["test"], "-p", two_shards["s1"], two_shards["s2"], "--annotations", ann,
+            "-o", out, "--bootstrap", "0", "--no-plots")  # fmt: skip
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 1 and "none of the 1 annotations in" in lines[0] and "'OTHER/c1/test/bad/0.png'" in lines[0]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["run"]["warnings"] == [lines[0].removeprefix("warning: ")]
+    assert "none of the 1 annotations" in (out / "report.html").read_text()
 
 
 def test_compare_table(two_shards, tmp_path, capsys, shared_data):
@@ -221,7 +235,7 @@ def test_report_html_content(report):
     assert text.count('class="thumb"') == 3 and text.count('class="placeholder"') == 1
     assert "(no prediction for this image)" in text
     assert html.escape("a dark line") in text  # the model's reasoning of the overkill
-    assert '<table id="datasets">' in text and '<table id="classes">' in text
+    assert '<table id="datasets">' in text and '<table id="classes">' in text and '<table id="species">' in text
     assert text.count('<img class="plot"') == 2
 
 
@@ -237,6 +251,7 @@ window.addEventListener('load', () => {
     images: imgs.map(i => ({cls: i.className, w: i.naturalWidth, complete: i.complete})),
     rows: document.querySelectorAll('#datasets tbody tr').length,
     classRows: document.querySelectorAll('#classes tbody tr').length,
+    species: Array.from(document.querySelectorAll('#species tbody tr')).map(r => r.cells[1].textContent),
     firstCell: document.querySelector('#datasets tbody td').textContent,
     unansweredShown: visible.length,
     count: document.getElementById('gallery-count').textContent,
@@ -256,9 +271,7 @@ def _chromium() -> str | None:
 def test_report_renders_in_headless_chromium(report, tmp_path):
     browser = _chromium()
     if browser is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("chromium is missing in CI: `make install` installs it (Debian package `chromium`)")
-        pytest.skip("chromium not installed (apt-get install chromium)")
+        missing("chromium not installed (`make install` installs Debian's package `chromium` when root)")
     page = tmp_path / "check.html"
     page.write_text(report.read_text().replace("</body>", CHECK_SCRIPT + "</body>"))
     cmd = [
@@ -282,7 +295,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert m, f"no check output; chromium said: {proc.stderr[-2000:]}"
     check = json.loads(html.unescape(m.group(1)))
     assert check["rows"] == 2 and check["firstCell"] == "DS"  # DS and Average
-    assert check["classRows"] == 2
+    assert check["classRows"] == 2 and check["species"] == ["good", "bad"]
     thumbs = [i for i in check["images"] if i["cls"] == "thumb"]
     plots = [i for i in check["images"] if i["cls"] == "plot"]
     assert len(thumbs) == 3 and all(i["complete"] and i["w"] > 0 for i in thumbs)
@@ -294,7 +307,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 def test_multi_value_options_expand():
     from iadr1.cli.eval import expand_multi_values
 
-    args = ["-t", "t1", "t2", "--predictions", "a", "b", "-o", "d", "--compat"]
+    args = ["-t", "t1", "t2", "--predictions", "a", "b", "-o", "d", "--compat-labels"]
     assert expand_multi_values(args) == [
         "-t",
         "t1",
@@ -306,7 +319,7 @@ def test_multi_value_options_expand():
         "b",
         "-o",
         "d",
-        "--compat",
+        "--compat-labels",
     ]
     assert expand_multi_values(["--predictions=a", "b"]) == ["--predictions=a", "--predictions", "b"]
     assert expand_multi_values(["compare", "x", "-o", "y"], {"compare"}) == ["compare", "x", "-o", "y"]

@@ -79,9 +79,7 @@ def test_p_yes_from_candidates():
 def test_run_records_every_image_once_and_errors(bench, tmp_path):
     test_file, root, keys = bench
     engine = OracleBackend()
-    s = run_inference(
-        model="m", test_file=test_file, image_root=root, out=tmp_path / "o", engine=engine, progress=False
-    )
+    s = run_inference(model="m", test_file=test_file, image_root=root, out=tmp_path / "o", engine=engine)
     lines = _lines(s.predictions)
     assert s.predictions == tmp_path / "o" / "predictions.jsonl"
     assert [r["image"] for r in lines if not r["error"]] == keys[:-2]  # file order, one each
@@ -117,7 +115,6 @@ def test_k_shot_requests_carry_k_plus_one_images_in_order(bench, tmp_path):
             shots=2,
             templates=templates,
             engine=engine,
-            progress=False,
         )
         assert len(engine.seen) == 8
         for r in engine.seen:
@@ -154,7 +151,6 @@ def test_shards_partition_the_test_set(bench, tmp_path):
             num_shards=3,
             limit=9,
             engine=OracleBackend(),
-            progress=False,
         )
         assert s.predictions.name == f"predictions.shard{i}of3.jsonl"
         seen += [r["image"] for r in _lines(s.predictions)]
@@ -164,7 +160,7 @@ def test_shards_partition_the_test_set(bench, tmp_path):
 
 def test_resume_refuses_a_file_of_another_configuration(bench, tmp_path):
     test_file, root, _ = bench
-    kw = {"model": "m", "test_file": test_file, "image_root": root, "out": tmp_path / "o", "progress": False}
+    kw = {"model": "m", "test_file": test_file, "image_root": root, "out": tmp_path / "o"}
     run_inference(limit=2, engine=OracleBackend(), **kw)
     with pytest.raises(ConfigError, match="shots 0 here, 1 in this run"):  # the manifest says so first
         run_inference(shots=1, engine=OracleBackend(), **kw)
@@ -172,7 +168,7 @@ def test_resume_refuses_a_file_of_another_configuration(bench, tmp_path):
         (tmp_path / "o" / "predictions.run.json")
         .read_text()
         .replace('"shots": 0', '"shots": 1')
-        .replace('"templates": null', '"templates": "random"')
+        .replace('"template_kind": null', '"template_kind": "random"')
     )  # a manifest edited by hand: the lines themselves still say what they are
     with pytest.raises(ConfigError, match="1-shot: pass --overwrite to start over, or use another --out"):
         run_inference(shots=1, engine=OracleBackend(), **kw)
@@ -220,7 +216,6 @@ def test_transformers_backend_end_to_end_and_exact_p_yes(tiny_model, bench, tmp_
         prompt_style="baseline",
         shots=1,
         engine=engine,
-        progress=False,
     )
     lines = _lines(s.predictions)
     assert s.written == 10 and s.errors == 2 and len(lines) == 10
@@ -278,6 +273,7 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 1 and "no config.json" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.e2e
 def test_sigkill_mid_run_then_resume_without_duplicates(tiny_model, tmp_path):
     test_file, root, keys = make_bench(tmp_path, n=40, corrupt=True, missing=True)
     out = tmp_path / "o"

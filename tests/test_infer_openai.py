@@ -200,7 +200,6 @@ def test_api_key_never_reaches_outputs_or_logs(server, monkeypatch, tmp_path, ca
         backoff_s=0.0,
         concurrency=1,
         prompt_style="api",
-        progress=True,
     )
     assert summary.written == len(keys)
     lines = [json.loads(x) for x in summary.predictions.read_text().splitlines()]

@@ -61,7 +61,7 @@ def test_manifest_is_written_at_start_and_completed_at_the_end(bench, tmp_path):
     base, keys = bench
     out = tmp_path / "o"
     with pytest.raises(RuntimeError, match="killed"):
-        run_inference(**base, out=out, engine=Oracle(fail_after=2), progress=False)
+        run_inference(**base, out=out, engine=Oracle(fail_after=2))
     manifest = json.loads((out / "predictions.run.json").read_text())  # a killed run leaves its settings behind
     assert manifest["summary"] is None and manifest["finished_at"] is None
     settings = manifest["settings"]
@@ -70,9 +70,9 @@ def test_manifest_is_written_at_start_and_completed_at_the_end(bench, tmp_path):
     assert len(settings["test_file_sha256"]) == 64 and settings["max_new_tokens"] == 512
     assert manifest["iadr1"] and manifest["config"]["batch_size"] == 8
     with pytest.raises(ConfigError, match="temperature 0.0 here, 0.7 in this run"):  # so it is protected
-        run_inference(**base, out=out, temperature=0.7, engine=Oracle(), progress=False)
+        run_inference(**base, out=out, temperature=0.7, engine=Oracle())
 
-    s = run_inference(**base, out=out, engine=Oracle(), progress=False)  # same settings: resumes
+    s = run_inference(**base, out=out, engine=Oracle())  # same settings: resumes
     assert (
         s.skipped == 2 and s.written == 4 and s.notes == [f"resuming {s.predictions}: 2 of 6 images already answered"]
     )
@@ -95,7 +95,7 @@ def _edit_test_file(base: dict, tmp_path: Path) -> dict:
         (lambda b, t: {"max_new_tokens": 64}, "max_new_tokens 512 here, 64 in this run"),
         (lambda b, t: {"max_pixels": 4096}, "max_pixels None here, 4096 in this run"),
         (lambda b, t: {"prompt_style": "baseline"}, "prompt_style 'iadr1' here, 'baseline' in this run"),
-        (lambda b, t: {"system_prompt": True}, "system_prompt False here, True in this run"),
+        (lambda b, t: {"grammar_prompt": True}, "grammar_prompt False here, True in this run"),
         (lambda b, t: {"shots": 1}, "shots 0 here, 1 in this run"),
         (lambda b, t: {"dtype": "bf16"}, "dtype 'auto' here, 'bf16' in this run"),
         (lambda b, t: {"backend": "vllm"}, "backend 'transformers' here, 'vllm' in this run"),
@@ -108,10 +108,10 @@ def _edit_test_file(base: dict, tmp_path: Path) -> dict:
 def test_a_rerun_with_other_answer_changing_settings_is_refused(bench, tmp_path, change, message):
     base, _ = bench
     out = tmp_path / "o"
-    first = run_inference(**base, out=out, limit=2, engine=Oracle(), progress=False)
+    first = run_inference(**base, out=out, limit=2, engine=Oracle())
     before = first.predictions.read_text()
     with pytest.raises(ConfigError) as e:
-        run_inference(**{**base, **change(base, tmp_path)}, out=out, engine=Oracle(), progress=False)
+        run_inference(**{**base, **change(base, tmp_path)}, out=out, engine=Oracle())
     assert message in str(e.value) and "\n" not in str(e.value)
     assert str(e.value).endswith("pass --overwrite to start over, or use another --out folder")
     assert first.predictions.read_text() == before  # nothing was touched
@@ -119,20 +119,20 @@ def test_a_rerun_with_other_answer_changing_settings_is_refused(bench, tmp_path,
 
 def test_sampling_settings_are_compared_only_when_sampling(bench, tmp_path):
     base, _ = bench
-    kw = {**base, "out": tmp_path / "o", "progress": False}
+    kw = {**base, "out": tmp_path / "o"}
     run_inference(**kw, limit=1, engine=Oracle())
     run_inference(**kw, limit=2, top_p=0.5, seed=3, templates="similar", engine=Oracle())  # greedy, 0-shot: moot
     run_inference(**{**kw, "out": tmp_path / "s"}, limit=1, temperature=0.7, top_p=0.9, engine=Oracle())
     with pytest.raises(ConfigError, match="top_p 0.9 here, 0.5 in this run"):
         run_inference(**{**kw, "out": tmp_path / "s"}, temperature=0.7, top_p=0.5, engine=Oracle())
     run_inference(**{**kw, "out": tmp_path / "k"}, limit=1, shots=1, engine=Oracle())
-    with pytest.raises(ConfigError, match="templates 'random' here, 'similar' in this run"):
+    with pytest.raises(ConfigError, match="template_kind 'random' here, 'similar' in this run"):
         run_inference(**{**kw, "out": tmp_path / "k"}, shots=1, templates="similar", engine=Oracle())
 
 
 def test_settings_that_do_not_change_answers_may_change(bench, tmp_path):
     base, keys = bench
-    kw = {**base, "out": tmp_path / "o", "progress": False}
+    kw = {**base, "out": tmp_path / "o"}
     run_inference(**kw, limit=2, batch_size=1, device="cpu", engine=Oracle())
     s = run_inference(
         **kw, limit=4, batch_size=32, concurrency=2, device="cuda", max_model_len=1024, gpu_memory_utilization=0.5,
@@ -150,7 +150,7 @@ def test_settings_that_do_not_change_answers_may_change(bench, tmp_path):
 
 def test_a_sibling_shard_of_other_settings_is_refused_too(bench, tmp_path):
     base, _ = bench
-    kw = {**base, "out": tmp_path / "o", "progress": False, "num_shards": 2}
+    kw = {**base, "out": tmp_path / "o", "num_shards": 2}
     run_inference(**kw, shard=0, engine=Oracle())
     with pytest.raises(ConfigError, match=r"predictions.shard0of2.jsonl holds predictions made with other settings"):
         run_inference(**kw, shard=1, max_new_tokens=32, engine=Oracle())
@@ -159,7 +159,7 @@ def test_a_sibling_shard_of_other_settings_is_refused_too(bench, tmp_path):
 def test_overwrite_starts_over(bench, tmp_path):
     base, keys = bench
     out = tmp_path / "o"
-    kw = {**base, "out": out, "progress": False}
+    kw = {**base, "out": out}
     run_inference(**kw, limit=2, engine=Oracle())
     for i in range(2):
         run_inference(**kw, shard=i, num_shards=2, engine=Oracle())
@@ -183,13 +183,13 @@ def test_overwrite_starts_over(bench, tmp_path):
 
 def test_predictions_without_a_manifest_are_refused(bench, tmp_path):
     base, _ = bench
-    s = run_inference(**base, out=tmp_path / "o", limit=2, engine=Oracle(), progress=False)
+    s = run_inference(**base, out=tmp_path / "o", limit=2, engine=Oracle())
     s.manifest.unlink()  # what an older iadr1 killed mid-run left behind
     with pytest.raises(ConfigError, match=r"no predictions.run.json says how they were made"):
-        run_inference(**base, out=tmp_path / "o", engine=Oracle(), progress=False)
+        run_inference(**base, out=tmp_path / "o", engine=Oracle())
     s.manifest.write_text('{"iadr1": "0.1.0", "config": {}, "summary": {}}')  # the manifest of an older iadr1
     with pytest.raises(ConfigError, match=r"does not record the run's settings"):
-        run_inference(**base, out=tmp_path / "o", engine=Oracle(), progress=False)
+        run_inference(**base, out=tmp_path / "o", engine=Oracle())
 
 
 # --- exit codes ------------------------------------------------------------------------------------------------------
@@ -239,7 +239,7 @@ def test_cli_exits_non_zero_on_an_empty_test_file(tmp_path):
 def test_cli_rerun_with_everything_answered_exits_zero_and_says_so(bench, tmp_path):
     base, keys = bench
     out = tmp_path / "o"
-    run_inference(**base, out=out, engine=Oracle(), progress=False)
+    run_inference(**base, out=out, engine=Oracle())
     r = _cli(*_args(base, out))  # a fake model: only a run that builds no engine can pass
     assert r.returncode == 0, r.stderr
     expected = f"nothing to do: all 6 images are already answered in {out / 'predictions.jsonl'} (--overwrite"
@@ -320,4 +320,30 @@ def test_an_unreadable_test_file_is_one_line(bench, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "read_text", denied)
     with pytest.raises(DataError, match=r"test_DS_format.json: cannot read \(Permission denied\)$"):
-        run_inference(**base, out=tmp_path / "o", engine=Oracle(), progress=False)
+        run_inference(**base, out=tmp_path / "o", engine=Oracle())
+
+
+def test_old_spellings_still_work_with_a_warning(monkeypatch, capsys, tmp_path):
+    """`--templates` and `--system-prompt` of 0.1 read as `--template-kind` and `--grammar-prompt`, with a line."""
+    import iadr1.infer.runner as runner
+    from iadr1.cli import main
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(cfg, **kwargs):
+        seen["cfg"] = cfg
+        raise Stop
+
+    monkeypatch.setattr(runner, "run_inference", fake)
+    args = ["infer", "--model", "m", "--test-file", "t.json", "--image-root", ".", "--out", str(tmp_path)]
+    with pytest.raises(Stop):
+        main([*args, "--templates", "similar", "--system-prompt"])
+    assert (seen["cfg"].template_kind, seen["cfg"].grammar_prompt) == ("similar", True)
+    err = capsys.readouterr().err
+    assert "--templates is deprecated" in err and "--template-kind" in err and "--grammar-prompt" in err
+    with pytest.raises(Stop):
+        main([*args, "--template-kind", "similar", "--grammar-prompt"])
+    assert "deprecated" not in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,9 @@ VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 SCRIPT = ROOT / "tests" / "tooling" / "vllm_generate.py"
 PARITY_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
 MAX_NEW_TOKENS = 12
+# The Qwen2-VL model runs as if iadr1 had trained it at this cap (saved in its iadr1_config.yaml): both backends
+# must size its images by training's rule (28 px here, which its processor then brings up to its 56 px minimum).
+TRAINED_CAP = 2000
 
 pytestmark = pytest.mark.vllm
 
@@ -58,12 +62,16 @@ def _requests(root: Path, keys: list[str]) -> list[Request]:
     return out
 
 
+@pytest.mark.e2e
 def test_vllm_and_transformers_agree_token_for_token(vllm_python, tiny_model, tmp_path):
     from iadr1.infer.transformers_backend import TransformersBackend
+    from iadr1.train.config import SFTRunConfig, save_config
 
     test_file, image_root, keys = make_bench(tmp_path, n=4)  # + a corrupt and a missing image for the run below
     requests = _requests(image_root, keys[:4])
     models = {fam: str(tiny_model(fam)) for fam in PARITY_FAMILIES}
+    models["qwen2_vl"] = str(shutil.copytree(models["qwen2_vl"], tmp_path / "qwen2_vl_trained"))
+    save_config(SFTRunConfig(model="base", dataset="d.jsonl", output_dir=models["qwen2_vl"], max_pixels=TRAINED_CAP))
     spec = {
         "models": models,
         "requests": [
@@ -124,6 +132,12 @@ def test_vllm_and_transformers_agree_token_for_token(vllm_python, tiny_model, tm
     note = "vllm: max_model_len 4096 (the model's context length, max_position_embeddings in config.json;"
     assert report["qwen2_vl"]["notes"][0].startswith(note)
     assert report["qwen2_vl"]["run"]["notes"][0].startswith(note)
+    # The saved cap: vLLM's backend took it by itself, said so, and the run's manifest records it.
+    cap_note = f"max_pixels {TRAINED_CAP}: the image cap this model was trained with ("
+    assert [n for n in report["qwen2_vl"]["notes"] if n.startswith("max_pixels")][0].startswith(cap_note)
+    assert not any(n.startswith("max_pixels") for n in report["qwen2_5_vl"]["notes"])
+    settings = json.loads((tmp_path / "run" / "predictions.run.json").read_text())["settings"]
+    assert settings["max_pixels"] == TRAINED_CAP
     too_long = report["too_long"]
     assert too_long["type"] == "ConfigError" and too_long["iadr1"] and "\n" not in too_long["error"]
     assert too_long["error"].startswith(

@@ -100,6 +100,24 @@ def test_images_of_a_given_test_file_stay_out(tmp_path):
     assert allowed.files["sft_0shot"].records == 9 and allowed.counts["test_used"] == 2
 
 
+def test_build_data_reads_test_keys_and_annotations_in_either_form(tmp_path):
+    # docs/convert.md "Keys": meta paths may lack the dataset name, test keys carry it; build-data maps both ways.
+    root = make_mvtec(tmp_path / "D", {"c": {"train": {"good": 5, "dent": 4}}}, textured=True)
+    meta_d = scan_layout("mvtec", root)  # paths start at the class: c/train/...
+    anns = tmp_path / "ann.jsonl"
+    rows = [{"image": f"D/{e.img_path}", "reasoning": "A dent.", "location": "center", "type": "Deformation"}
+            for e in meta_d["c"] if e.anomaly]  # fmt: skip
+    anns.write_text("".join(json.dumps(r) + "\n" for r in rows))  # keyed like test files: D/c/train/dent/...
+    test_file = tmp_path / "test_D_format.json"
+    conv = [{"Question": "q", "Answer": "B", "Options": {"A": "Yes.", "B": "No."}, "type": "Anomaly Detection"}]
+    keys = ["c/train/good/004.png", "D/c/train/good/003.png"]  # one key of each form
+    test_file.write_text(json.dumps({k: {"image_path": k, "conversation": conv} for k in keys}))
+    res = build_data(meta_d, anns, root, tmp_path / "o", BuildConfig(), test_files=[test_file])
+    assert res.counts["test_left_out"] == 2 and res.counts["anomalous"] == 4 and res.counts["unused_annotations"] == 0
+    assert _images(res.files["sft_0shot"].path) == {e.img_path for e in meta_d["c"]} - {
+        "c/train/good/004.png", "c/train/good/003.png"}  # fmt: skip
+
+
 def test_default_still_uses_train_and_template_images(tmp_path):
     root = make_mvtec(tmp_path / "D", {"c": {"train": {"good": 3, "dent": 2}, "test": {"good": 2}}}, textured=True)
     write_image(root / "c" / "template" / "000.png", texture("template"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 
 from iadr1.errors import ConfigError
@@ -44,6 +45,10 @@ def test_get_family_by_name_and_model_type():
     assert get_family("internvl_chat").name == "internvl"  # a model_type, not a family name
     assert get_family("internvl").trainable is False
     assert {f.name for f in FAMILIES.values() if f.trainable} == set(TINY_FAMILIES)
+
+
+def test_the_qwen_families_are_the_dynamic_resolution_ones():
+    assert {f.name for f in FAMILIES.values() if f.dynamic_resolution} == {"qwen2_vl", "qwen2_5_vl"}
 
 
 def test_unknown_family_lists_the_known_ones():
@@ -128,6 +133,28 @@ def test_max_pixels_applies_to_full_processor_calls_without_warnings(tiny_model)
         warnings.simplefilter("error", FutureWarning)
         enc = proc(text=[text], images=[big], return_tensors="pt")
     assert enc["image_grid_thw"].prod().item() == 16
+
+
+def test_image_factor_is_the_patch_grid_of_dynamic_resolution_families(tiny_model, tiny_model_factory):
+    from iadr1.models.loading import image_factor, load_processor
+
+    def factor(path):
+        return image_factor(family_of(path), load_processor(path))
+
+    assert factor(tiny_model("qwen2_vl")) == 28  # 14 px patches merged 2x2, as in the published models
+    assert factor(tiny_model_factory("qwen2_vl", vision_depth=2, patch_size=7)) == 14  # the demo's model
+    assert factor(tiny_model("llava_onevision")) == 1  # a fixed-size tower resizes anyway
+
+
+def test_fit_image_sizes_by_the_cap_or_leaves_the_image(tmp_path):
+    from iadr1.models.loading import fit_image, load_image
+
+    image = _images(1)[0].resize((300, 200))
+    assert fit_image(image, None, 28) is image  # no cap: the processor's own limits apply
+    assert fit_image(image, 4900, 28).size == (84, 56)
+    assert fit_image(image, 4900, 1).size == (85, 57)
+    image.save(tmp_path / "a.png")
+    assert np.array_equal(np.asarray(load_image(tmp_path / "a.png", 4900, 28)), np.asarray(fit_image(image, 4900, 28)))
 
 
 def test_tiny_vision_options(tmp_path):

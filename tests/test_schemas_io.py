@@ -7,13 +7,13 @@ import sys
 import pytest
 
 from iadr1.data import io
+from iadr1.data.meta import read_meta, split_of
 from iadr1.data.schemas import (
     GRPORecord,
     MetaEntry,
     Prediction,
     SFTRecord,
     dump_test_file,
-    load_meta,
     load_records,
     load_test_file,
 )
@@ -45,14 +45,14 @@ def test_wrong_field_type_in_meta(tmp_path):
     entry = {"img_path": "x.png", "cls_name": "bottle", "specie_name": "good", "anomaly": "x"}
     p.write_text(json.dumps({"bottle": [entry]}))
     with pytest.raises(DataError, match=r"bottle\[0\].*'anomaly'"):
-        load_meta(p)
+        read_meta(p)
 
 
 def test_meta_accepts_train_test_split(tmp_path):
     e = {"img_path": "a.png", "mask_path": "", "cls_name": "c", "specie_name": "good", "anomaly": 0}
     p = tmp_path / "meta.json"
     p.write_text(json.dumps({"test": {"c": [e]}, "train": {"c": [e]}}))
-    assert len(load_meta(p)["c"]) == 2
+    assert [split_of(x) for x in read_meta(p)["c"]] == ["test", "train"]
     assert MetaEntry.model_validate({**e, "anomaly": True}).anomaly == 1
 
 
@@ -176,7 +176,7 @@ def test_duplicate_keys_are_one_line_errors_naming_file_and_record(tmp_path):
     meta = tmp_path / "meta.json"
     meta.write_text('{"c": [], "c": []}')
     with pytest.raises(DataError, match="'c' appears twice"):
-        load_meta(meta)
+        read_meta(meta)
     lines = tmp_path / "r.jsonl"
     lines.write_text('{"a": 1}\n{"a": 1, "a": 2}\n')
     with pytest.raises(DataError, match=r"r.jsonl: line 2: key 'a' appears twice"):
@@ -189,3 +189,31 @@ def test_prediction_p_yes_must_be_finite():
     with pytest.raises(ValueError, match="finite"):
         Prediction(image="x", p_yes=float("nan"))
     assert Prediction(image="x", p_yes=0.25).p_yes == 0.25
+
+
+def test_one_records_reader_for_the_three_forms(tmp_path):
+    recs = [{"image": "a.png", "v": 1}, {"image": "b.png", "v": 2}]
+    jsonl = io.atomic_write_jsonl(tmp_path / "r.jsonl", recs)
+    listed = io.atomic_write_json(tmp_path / "r.json", recs)
+    keyed = io.atomic_write_json(tmp_path / "k.json", {"a.png": {"v": 1}, "b.png": {"img_path": "x.png", "v": 2}})
+    assert list(io.iter_records(jsonl)) == [("line 1", recs[0]), ("line 2", recs[1])]
+    assert list(io.iter_records(listed)) == [(0, recs[0]), (1, recs[1])]
+    # Keyed: the key fills the field, unless the record names its image already (under the field or an alias).
+    assert list(io.iter_records(keyed, key_field="image", aliases=("img_path",))) == [
+        ("a.png", {"image": "a.png", "v": 1}),
+        ("b.png", {"img_path": "x.png", "v": 2}),
+    ]
+    scalar = io.atomic_write_json(tmp_path / "s.json", 3)
+    with pytest.raises(DataError, match=r"s.json: annotations must be a JSON list, a JSON object keyed by image"):
+        list(io.iter_records(scalar, key_field="image", what="annotations"))
+    # Bad lines: an error, or (for readers that skip and report) a `BadLine` in their place.
+    (tmp_path / "bad.jsonl").write_text('{"a": 1}\n{oops\n{"a": 1, "a": 2}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl: malformed JSON on line 2"):
+        list(io.iter_records(tmp_path / "bad.jsonl"))
+    got = list(io.iter_records(tmp_path / "bad.jsonl", bad_lines=True))
+    assert [k for k, _ in got] == ["line 1", "line 2", "line 3"]
+    assert got[1][1] == io.BadLine("malformed JSON: Expecting property name enclosed in double quotes")
+    assert "'a' appears twice" in got[2][1].why
+    (tmp_path / "latin.jsonl").write_bytes(b'{"a": "\xe9"}\n')
+    with pytest.raises(DataError, match="latin.jsonl: not UTF-8 text"):
+        list(io.iter_records(tmp_path / "latin.jsonl"))

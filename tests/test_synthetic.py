@@ -18,6 +18,8 @@ from iadr1.data.synthetic import (
     DEFECT_TYPES,
     GRID_WORDS,
     SPECIES,
+    assemble_dataset,
+    draw_images,
     grid_location,
     make_dataset,
     make_sample,
@@ -214,3 +216,34 @@ def test_defects_option_draws_only_the_chosen_kinds(tmp_path):
     for bad in ((), ("stain", "rust"), ("hole", "hole")):
         with pytest.raises(ConfigError, match="defects"):
             make_dataset(tmp_path / f"bad{len(bad)}", defects=bad)
+
+
+def test_drawing_then_assembly_is_make_dataset(ds, tmp_path):
+    # Drawing writes the image tree and returns the annotations; assembly writes every other file from them.
+    plans = {
+        "train": plan_split("train", N_TRAIN, 0.5, SEED),
+        "test": plan_split("test", N_TEST, 0.5, SEED),
+        "template": [(c, "good") for c in CLASSES for _ in range(4)],
+    }
+    anns = draw_images(tmp_path / "images", plans, size=SIZE, seed=SEED)
+    assert [json.loads(line) for line in ds.annotations.read_text().splitlines()] == anns
+    images = sorted(p.relative_to(tmp_path) for p in (tmp_path / "images").rglob("*") if p.is_file())
+    assert images == sorted(p.relative_to(ds.root) for p in ds.image_root.rglob("*") if p.is_file())
+    again = assemble_dataset(tmp_path, anns, templates=4, seed=SEED, val_fraction=0.25)
+    for name in ("meta", "test_file", "annotations", "sft_file", "grpo_1shot_file", "sft_val_file", "report"):
+        assert getattr(again, name).read_bytes() == getattr(ds, name).read_bytes(), name
+    assert again.info is None  # synthetic.json (options, counts) is make_dataset's
+
+
+def test_assembly_writes_what_the_cli_writes(ds, tmp_path):
+    # meta.json and the test file as `iadr1 convert` writes them, the training files as `iadr1 build-data` does.
+    meta, test_file = tmp_path / "meta.json", tmp_path / "test.json"
+    main(["convert", "--layout", "folder", "--root", str(ds.image_root), "--dataset", ds.dataset,
+          "--meta", str(meta), "--test-file", str(test_file), "--seed", str(SEED)])  # fmt: skip
+    assert meta.read_bytes() == ds.meta.read_bytes() and test_file.read_bytes() == ds.test_file.read_bytes()
+    built = tmp_path / "built"
+    main(["build-data", "-m", str(ds.meta), "-a", str(ds.annotations), "--image-root", str(ds.image_root),
+          "--split", "train", "--strict", "-k", "0", "-k", "1", "--seed", str(SEED), "--val-fraction", "0.25",
+          "--out", str(built)])  # fmt: skip
+    for path in (ds.sft_file, ds.grpo_file, ds.sft_1shot_file, ds.grpo_1shot_file, ds.sft_val_file, ds.grpo_val_file):
+        assert (built / path.name).read_bytes() == path.read_bytes(), path.name

@@ -162,3 +162,23 @@ def test_warm_up_runs_on_qwen2_5_vl(tmp_path, tiny_model_factory, easy_data):
     assert np.isfinite(res["history"][-1]["loss"]) and res["history"][-1]["held_out"]["images"] == 32
     a, b = load_file(src / "model.safetensors"), load_file(tmp_path / "w" / "model.safetensors")
     assert any(not (a[k] == b[k]).all() for k in a if "visual" in k)
+
+
+@pytest.mark.parametrize("form", ["flat", "split"])
+def test_masked_images_reads_a_plain_anomalyclip_meta(tmp_path, form):
+    # AnomalyCLIP's meta.json has no `split` field: the split comes from the top-level key (split form) or from
+    # the path (flat form), by the one rule of `iadr1.data.meta.split_of`, as convert and build-data read it.
+    def item(rel: str, anomaly: int) -> dict:
+        mask = rel.replace("/test/bad/", "/ground_truth/bad/") if anomaly else ""
+        return {"img_path": rel, "mask_path": mask, "cls_name": "c", "specie_name": "bad" if anomaly else "good",
+                "anomaly": anomaly}  # fmt: skip
+
+    train = [item("c/train/good/0.png", 0), item("c/train/good/1.png", 0)]
+    test = [item("c/test/good/0.png", 0), item("c/test/bad/0.png", 1)]
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"c": train + test} if form == "flat" else {"train": {"c": train}, "test": {"c": test}}))
+    got_train = masked_images(meta, tmp_path, "train")
+    got_test = masked_images(meta, tmp_path, "test")
+    assert [x.image.relative_to(tmp_path).as_posix() for x in got_train] == ["c/train/good/0.png", "c/train/good/1.png"]
+    assert [x.image.relative_to(tmp_path).as_posix() for x in got_test] == ["c/test/good/0.png", "c/test/bad/0.png"]
+    assert [x.anomalous for x in got_test] == [False, True]

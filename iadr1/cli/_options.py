@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import typer
 
 from iadr1.errors import ConfigError
 
@@ -15,3 +20,89 @@ def option_error(e: ValidationError) -> ConfigError:
     `--n-train: Input should be greater than 0`."""
     err = e.errors()[0]
     return ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Options generated from a config model: the help text is the field's description, the default the model's own.
+# ---------------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Opt:
+    """A command-line option for config field `field`: its flags and the type typer parses (None = not given).
+
+    `help` is only for an option that is not a field (or whose CLI reading differs); otherwise the field's
+    description is the help, so it is written once, on the config model.
+    """
+
+    field: str
+    flags: tuple[str, ...]
+    type: Any
+    help: str | None = None
+    hidden: bool = False
+
+
+def _help(cls: type, opt: Opt) -> str:
+    info = cls.model_fields.get(opt.field)
+    if opt.help is not None or info is None:
+        return opt.help or ""
+    text = info.description or ""
+    default = info.get_default(call_default_factory=True)
+    if not info.is_required() and default is not None and default != "" and opt.type is not bool:
+        shown = ", ".join(str(getattr(d, "name", d)) for d in default) if isinstance(default, list) else default
+        text += f" (default: {shown})"
+    return text
+
+
+def config_command(
+    cls: type, options: list[Opt], body: Callable[..., None], name: str, doc: str
+) -> Callable[..., None]:
+    """A typer command whose parameters are `options` (typer.Option defaults of None, help from `cls`'s fields)
+    and which calls `body(**values)`. The signature is built here so that commands sharing a config (`sft`,
+    `grpo`) declare each option once."""
+
+    def command(**values: Any) -> None:
+        body(**values)
+
+    params = [
+        inspect.Parameter(
+            o.field,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(
+                None,
+                *o.flags,
+                help=_help(cls, o),
+                hidden=o.hidden,
+                show_default=False,
+                metavar="<text>" if o.type == list[str] else None,
+                # a bool option without a --no- spelling is a plain switch
+                is_flag=True if o.type is bool and not any("/" in f for f in o.flags) else None,
+            ),
+            annotation=o.type | None if o.type is not None else Any,
+        )
+        for o in options
+    ]
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__name__ = command.__qualname__ = name
+    command.__doc__ = doc
+    return command
+
+
+def given(values: dict[str, Any], cls: type) -> dict[str, Any]:
+    """The options the user gave (not None) that are fields of `cls`."""
+    return {k: v for k, v in values.items() if v is not None and k in cls.model_fields}
+
+
+def deprecated(console_err: Callable[[str], None], old: str, new: str) -> None:
+    """One line for an option spelling kept for one release."""
+    console_err(f"warning: {old} is deprecated and will be removed in the next release; use {new}")
+
+
+def renamed(value: Any, old_value: Any, old: str, new: str) -> Any:
+    """The value of option `new`, or of its old spelling `old` (hidden, kept for one release) with a warning line
+    on stderr when that was the one given."""
+    if old_value is None:
+        return value
+    import sys
+
+    deprecated(lambda text: print(text, file=sys.stderr), old, new)
+    return old_value

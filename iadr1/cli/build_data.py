@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from iadr1.cli._options import option_error
+from iadr1.cli._options import option_error, renamed
+from iadr1.cli._progress import ProgressBars
 from iadr1.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,7 +30,9 @@ def build_data(
         "--image-root",
         help="Folder the meta.json paths are relative to (default: the meta.json's folder).",
     ),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder for the training files and report."),
+    out: Path | None = typer.Option(
+        None, "--out", "--output-dir", "-o", help="Output folder for the training files and report."
+    ),
     shots: list[int] = typer.Option([0], "--shots", "-k", help="0 (zero-shot) and/or 1 (one reference); repeatable."),
     seed: int = typer.Option(
         0, "--seed", help="Seed of record order, validation split, reference draw, synthetic data."
@@ -57,7 +60,8 @@ def build_data(
     ),
     strict: bool = typer.Option(False, "--strict", help="Fail on any problem instead of skipping and recording it."),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Image-check processes (default: CPU count)."),
-    compat: bool = typer.Option(False, "--compat", help="GRPO problem text exactly as the original (no space)."),
+    compat: bool = typer.Option(False, "--compat-prompt", help="GRPO problem text exactly as the original (no space)."),
+    compat_old: bool | None = typer.Option(None, "--compat", hidden=True),  # the 0.1 spelling
     synthetic: Path | None = typer.Option(
         None, "--synthetic", help="Write the embedded synthetic demo dataset into this folder instead."
     ),
@@ -73,6 +77,7 @@ def build_data(
     report lists training images that are copies of test images. `--synthetic OUT` instead writes a complete
     small demo dataset.
     """
+    compat = bool(renamed(compat, compat_old or None, "--compat", "--compat-prompt"))
     from rich.console import Console
 
     console = Console()
@@ -103,7 +108,7 @@ def build_data(
     except ValidationError as e:
         raise option_error(e) from None
     root = image_root if image_root is not None else meta.parent
-    with _progress(console) as on_progress:
+    with ProgressBars(console, transient=True) as on_progress:
         result = run(meta, annotations, root, out, config, on_progress=on_progress, test_files=test_file)
     render_summary(console, result)
 
@@ -120,7 +125,7 @@ def _synthetic(
 ) -> None:
     from iadr1.data.synthetic import make_dataset
 
-    with _progress(console) as on_progress:
+    with ProgressBars(console, transient=True) as on_progress:
         ds = make_dataset(
             out_dir,
             n_train=n_train,
@@ -145,35 +150,6 @@ def _synthetic(
         if path is not None:
             table.add_row(label, path.relative_to(ds.root).as_posix())  # short: the root is in the title
     console.print(table)
-
-
-class _progress:
-    """A rich progress bar with one task per stage, given as an `on_progress(stage, done, total)` callback."""
-
-    def __init__(self, console: Console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._p = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
-        self._tasks: dict[str, int] = {}
-
-    def __enter__(self):
-        self._p.__enter__()
-        return self.update
-
-    def update(self, stage: str, done: int, total: int) -> None:
-        if stage not in self._tasks:
-            self._tasks[stage] = self._p.add_task(stage, total=total)
-        self._p.update(self._tasks[stage], completed=done, total=total)
-
-    def __exit__(self, *exc: object) -> None:
-        self._p.__exit__(*exc)
 
 
 def render_summary(console: Console, result: BuildResult) -> None:

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from iadr1.cli._options import renamed
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -28,7 +30,8 @@ def convert(
         None, "--meta", help="meta.json: written when --layout is given, else read (AnomalyCLIP format)."
     ),
     test_file: Path | None = typer.Option(None, "--test-file", help="Benchmark test file to write (JSON)."),
-    templates: int = typer.Option(4, "--templates", min=0, help="K: reference templates per image (0: none)."),
+    templates: int = typer.Option(4, "--num-templates", min=0, help="K: reference templates per image (0: none)."),
+    templates_old: int | None = typer.Option(None, "--templates", min=0, hidden=True),  # the 0.1 spelling
     seed: int = typer.Option(0, "--seed", help="Seed of the random templates and of the --train-share draw."),
     similar: bool = typer.Option(
         True,
@@ -49,18 +52,13 @@ def convert(
     Images that cannot be read (opened for the similar templates) are all skipped and listed: a test image among
     them is left out of the test file, a reference is never a template.
     """
+    templates = renamed(templates, templates_old, "--templates", "--num-templates")
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from iadr1.data.convert import (
-        build_test_file,
-        key_prefix,
-        move_to_train,
-        read_meta,
-        scan_layout,
-        write_meta,
-    )
-    from iadr1.data.schemas import dump_test_file
+    from iadr1.data.convert import build_test_records, move_to_train, scan_layout, write_test_file
+    from iadr1.data.keys import key_scheme
+    from iadr1.data.meta import read_meta, write_meta
     from iadr1.errors import ConfigError
 
     console = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -99,25 +97,15 @@ def convert(
         if meta is not None:
             write_meta(data, meta)
             console.print(f"wrote {meta}: {n} images in {len(data)} classes")
-        # Folder-layout paths already start with the dataset name; the others get it (default: ROOT's name).
-        key_dataset = None if layout == "folder" else (dataset or root.resolve().name)
     else:
         assert meta is not None
         data = read_meta(meta)
-        key_dataset = dataset
     if test_file is None:
         _report_bad_images(console, bad)
         return
 
-    # 2. test file. Decide the key prefix first, so that a bad meta fails before any image is read.
-    prefix = key_prefix(data, root, key_dataset)
-    heads = {e.img_path.split("/", 1)[0] for es in data.values() for e in es}
-    if not prefix and len(heads) != 1:
-        shown = ", ".join(sorted(heads)[:3]) + (", ..." if len(heads) > 3 else "")
-        raise ConfigError(
-            f"{meta}: the paths start with several names ({shown}), not one dataset name; pass --dataset NAME "
-            "to prefix the keys (ROOT is then the dataset folder itself)"
-        )
+    # 2. test file. Decide the keys first (docs/convert.md, "Keys"), so that a bad meta fails before any image is read.
+    keys = key_scheme(data, root, dataset, layout, source=meta)
     with Progress(
         TextColumn("describing images"),
         BarColumn(),
@@ -128,12 +116,12 @@ def convert(
         disable=not console.is_terminal,  # no bar (nor a blank line) in logs
     ) as bar:
         task = bar.add_task("describe", total=None)
-        entries = build_test_file(
+        records = build_test_records(
             data,
             root,
             templates=templates,
             seed=seed,
-            dataset=key_dataset,
+            dataset=keys.dataset,
             similar=similar,
             workers=workers or None,
             progress=lambda k: bar.advance(task, k),
@@ -141,22 +129,19 @@ def convert(
             bad_images=bad,
         )
     _report_bad_images(console, bad)
-    dump_test_file(entries, test_file)
-    n_anom = sum(e.is_anomalous for e in entries.values())
-    with_refs = sum(bool(e.random_templates) for e in entries.values())
+    write_test_file(records, test_file)
+    n_anom = sum(r["conversation"][0]["Answer"] == "A" for r in records.values())
+    with_refs = sum(bool(r["random_templates"]) for r in records.values())
     console.print(
-        f"wrote {test_file}: {len(entries)} test images ({n_anom} anomalous, {len(entries) - n_anom} normal), "
+        f"wrote {test_file}: {len(records)} test images ({n_anom} anomalous, {len(records) - n_anom} normal), "
         f"{with_refs} with templates (K={templates})"
     )
-    # Keys resolve against ROOT when they are meta paths as they are, else against the parent of the dataset folder.
-    name = prefix.rstrip("/") or next(iter(heads))
-    image_root = root.resolve().parent if prefix else root
-    if (image_root / name).is_dir():
-        console.print(f"image root for inference: {image_root}")
+    if keys.resolvable:
+        console.print(f"image root for inference: {keys.image_root}")
     else:
         console.print(
-            f"[yellow]note:[/] keys start with {name!r} but {image_root / name} does not exist; give inference an "
-            f"image root holding a folder {name!r} (e.g. a symbolic link to {root})"
+            f"[yellow]note:[/] keys start with {keys.name!r} but {keys.image_root / keys.name} does not exist; give "
+            f"inference an image root holding a folder {keys.name!r} (e.g. a symbolic link to {root})"
         )
 
 

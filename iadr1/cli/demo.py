@@ -1,22 +1,29 @@
 """`iadr1 demo`: the first command to run after installing. Synthetic data, a tiny model, PA-SFT then SC-GRPO,
-evaluated before and after each stage on held-out images (docs/demo.md has the figures)."""
+evaluated before and after each stage on held-out images (docs/demo.md has the figures). The demo itself is
+`iadr1.demo.run_demo`; this command parses the options and draws its progress and results."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
 
 def demo(
-    out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Output folder (data, models, report)."),
+    out: Path = typer.Option(
+        Path("demo_out"), "--out", "--output-dir", "-o", help="Output folder (data, models, report)."
+    ),
     model: Path | None = typer.Option(
         None, "--model", "-m", help="Start from this local checkpoint instead of a random tiny Qwen2-VL."
     ),
     quick: bool = typer.Option(False, "--quick", help="The shortened demo of the test suite (about 90 s)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data, the model and training."),
     n_train: int | None = typer.Option(None, "--n-train", help="Synthetic training images."),
-    grpo_steps: int | None = typer.Option(None, "--grpo-steps", help="SC-GRPO optimizer steps."),
+    grpo_steps: int | None = typer.Option(None, "--grpo-steps", help="SC-GRPO optimizer steps (recipe demo: 20)."),
     grpo_prompt: str | None = typer.Option(
         None, "--grpo-prompt", help="sft (default: the PA-SFT question) or published (the paper's GRPO prompt)."
     ),
@@ -29,28 +36,48 @@ def demo(
         help="Comma-separated defect kinds to draw, or 'all' (default: the six a tiny tower sees; docs/demo.md).",
     ),
 ) -> None:
-    """Build data and a tiny model (its vision tower warmed up on the defect masks), train PA-SFT then SC-GRPO,
-    and write OUT/report.{json,md,html}."""
+    """Build data and a tiny model (its vision tower warmed up on the defect masks), train PA-SFT then SC-GRPO
+    (recipe `demo`), and write OUT/report.{json,md,html}."""
+    import sys
+
     from pydantic import ValidationError
     from rich.console import Console
 
     from iadr1.cli._options import option_error
+    from iadr1.cli._progress import ProgressBars
     from iadr1.data.synthetic import SPECIES
     from iadr1.demo import QUICK, DemoConfig, run_demo
 
-    options = {**(QUICK if quick else {}), "out": out, "model": model, "seed": seed}
+    options: dict[str, Any] = {**(QUICK if quick else {}), "out": out, "model": model, "seed": seed}
     if defects is not None:
         options["defects"] = SPECIES if defects.strip() == "all" else tuple(d.strip() for d in defects.split(","))
-    for key, value in (
-        ("n_train", n_train),
-        ("grpo_steps", grpo_steps),
-        ("grpo_prompt", grpo_prompt),
-        ("warmup_epochs", warmup_epochs),
-    ):
+    if grpo_steps is not None:
+        options["grpo"] = {**options.get("grpo", {}), "max_steps": grpo_steps}
+    for key, value in (("n_train", n_train), ("grpo_prompt", grpo_prompt), ("warmup_epochs", warmup_epochs)):
         if value is not None:
             options[key] = value
     try:
         cfg = DemoConfig(**options)
     except ValidationError as e:
         raise option_error(e) from None
-    run_demo(cfg, Console())
+    # Pinned to the real stdout: while a trainer runs, the demo hides what it prints there.
+    console = Console(file=sys.stdout)
+    with ProgressBars(console) as on_progress:
+        report = run_demo(cfg, on_progress, lambda text: console.print(text, highlight=False, soft_wrap=True))
+    console.print(before_after_table(report))
+
+
+def before_after_table(report: dict[str, Any]) -> Table:
+    """The rich table of the demo's TABLE_METRICS by stage."""
+    from rich.table import Table
+
+    from iadr1.demo import TABLE_METRICS
+
+    t = Table(title="iadr1 demo: held-out synthetic test images")
+    t.add_column("metric")
+    for s in report["stages"]:
+        t.add_column(s, justify="right")
+    for key, label in TABLE_METRICS:
+        values = [m.get(key) for m in report["stages"].values()]
+        t.add_row(label, *("-" if v is None else f"{v:.1f}" for v in values))
+    return t

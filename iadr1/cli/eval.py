@@ -10,6 +10,7 @@ import typer
 from pydantic import BaseModel, Field, ValidationError
 from typer.core import TyperGroup
 
+from iadr1.cli._options import renamed
 from iadr1.errors import ConfigError
 
 # Options that take several values: `--predictions a.jsonl b.jsonl` is read as `--predictions a.jsonl
@@ -87,7 +88,9 @@ def eval_(
         "-p",
         help="Predictions: our JSONL (iadr1 infer; shards allowed) or the original's answers JSON. Several allowed.",
     ),
-    out: Path = typer.Option(None, "--out", "-o", help="Folder for metrics.json, accuracy.csv, plots, report.html."),
+    out: Path = typer.Option(
+        None, "--out", "--output-dir", "-o", help="Folder for metrics.json, accuracy.csv, plots, report.html."
+    ),
     annotations: list[Path] = typer.Option(
         None,
         "--annotations",
@@ -99,8 +102,9 @@ def eval_(
         help="Folder the test image paths are relative to (for the report's thumbnails).",
     ),
     compat: bool = typer.Option(
-        False, "--compat", help="Label images as the original code does: normal when 'good' is in the path."
+        False, "--compat-labels", help="Label images as the original code does: normal when 'good' is in the path."
     ),
+    compat_old: bool | None = typer.Option(None, "--compat", hidden=True),  # the 0.1 spelling
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap replicates for 95% intervals (0: none)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     name: str = typer.Option(None, "--name", help="Run name (shown in the report and by `eval compare`)."),
@@ -113,6 +117,7 @@ def eval_(
     """
     if ctx.invoked_subcommand is not None:
         return
+    compat = bool(renamed(compat, compat_old or None, "--compat", "--compat-labels"))
     if not test_file and not predictions:
         typer.echo(ctx.get_help())
         raise typer.Exit(0)
@@ -142,7 +147,7 @@ def _run(opts: EvalOptions) -> None:
     from rich.console import Console
 
     from iadr1.eval.pipeline import evaluate
-    from iadr1.eval.report import rich_table, write_all
+    from iadr1.eval.report import rich_table, species_table, write_all
 
     console = Console()
     t0 = time.perf_counter()
@@ -156,9 +161,16 @@ def _run(opts: EvalOptions) -> None:
         name=opts.name,
     )
     paths = write_all(result, opts.out, image_root=opts.image_root, gallery_max=opts.gallery_max, plots=opts.plots)
+    from rich.markup import escape
+
     console.print(rich_table(result))
+    species = species_table(result)
+    if species is not None:
+        console.print(species)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    for warning in result.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     console.print(
         f"wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - t0:.1f} s",
         highlight=False,
@@ -171,7 +183,7 @@ def compare_cmd(
     folders: list[Path] = typer.Argument(..., help="Evaluation folders (each with a metrics.json)."),
     metric: str = typer.Option("balanced_accuracy", "--metric", help="Metric to tabulate (a key of metrics.json)."),
     names: list[str] = typer.Option(None, "--name", help="Run names, one per folder, in order."),
-    out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for compare.md and compare.csv."),
+    out: Path = typer.Option(Path("."), "--out", "--output-dir", "-o", help="Folder for compare.md and compare.csv."),
     digits: int = typer.Option(1, "--digits", help="Decimals in the table and the markdown."),
 ) -> None:
     """Print runs x datasets (+ Average) as in the paper; write it as compare.md and compare.csv."""

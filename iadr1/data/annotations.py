@@ -1,4 +1,4 @@
-"""Per-image annotations for building PA-SFT / SC-GRPO data: reasoning text, defect location and defect type.
+"""Per-image annotations: reasoning text, defect location and defect type; the one reader of annotations files.
 
 An annotations file is JSON Lines (one object per line), a JSON list of objects, or a JSON object keyed by
 image path (the key fills `image` when the value has none). Each object:
@@ -10,23 +10,28 @@ image path (the key fills `image` when the value has none). Each object:
 
 Extra fields are kept and ignored. Text fields are stripped and their whitespace runs collapsed to one space
 (a newline inside a tag breaks the original's reward regexes), and may not contain `<` `>` (they would corrupt
-the tag grammar). A record that fails these checks is a `Problem`, not an exception: `build-data` skips and
-reports it (or fails with `--strict`); so is a JSON Lines record that repeats a key. A file that is not JSON at all,
-or a JSON file with a key repeated in one object (JSON would keep the last one silently), is a `DataError`.
+the tag grammar). Two readers share these rules:
+- `load_annotations` (build-data): a record that fails them is a `Problem`, not an exception: `build-data` skips and
+  reports it (or fails with `--strict`); so is a JSON Lines record that repeats a key;
+- `load_defects` (eval's ground truth): only `image`, `location` and `type` are read (no `reasoning` needed), and a
+  bad or repeated record is a `DataError`: a score must not rest on a guess.
+A file that is not JSON at all, or a JSON file with a key repeated in one object (JSON would keep the last one
+silently), is a `DataError` for both. Images are named by meta path or by test key (docs/convert.md, "Keys"); eval
+maps them onto test keys with `iadr1.data.keys.KeyIndex`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from iadr1.data.io import DuplicateKeyError, loads_json, read_json, safe_relpath
+from iadr1.data.io import BadLine, iter_records, safe_relpath
 from iadr1.data.schemas import format_validation_error
 from iadr1.errors import DataError
 
@@ -42,14 +47,12 @@ def _clean_text(v: Any) -> Any:
     return text
 
 
-class Annotation(BaseModel):
-    """One image's annotation. `location` and `type` are required only for anomalous images (checked by the
-    builder)."""
+class Defect(BaseModel):
+    """What an annotation says of a defect: which image, where the defect is, what kind it is (both optional)."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, str_strip_whitespace=True)
 
     image: str = Field(min_length=1)
-    reasoning: str = Field(min_length=1)
     location: str | None = None
     type: str | None = None
 
@@ -63,7 +66,7 @@ class Annotation(BaseModel):
         except DataError as e:  # pydantic reports ValueError with the field name
             raise ValueError(str(e)) from None
 
-    @field_validator("reasoning", "location", "type", mode="before")
+    @field_validator("location", "type", mode="before")
     @classmethod
     def _text(cls, v: Any) -> Any:
         return _clean_text(v)
@@ -72,6 +75,18 @@ class Annotation(BaseModel):
     @classmethod
     def _empty_is_none(cls, v: str | None) -> str | None:
         return v or None
+
+
+class Annotation(Defect):
+    """One image's annotation for training: a `Defect` with its reasoning. `location` and `type` are required only
+    for anomalous images (checked by the builder)."""
+
+    reasoning: str = Field(min_length=1)
+
+    @field_validator("reasoning", mode="before")
+    @classmethod
+    def _reasoning(cls, v: Any) -> Any:
+        return _clean_text(v)
 
 
 @dataclass(frozen=True)
@@ -114,48 +129,18 @@ def image_problem_kind(detail: str) -> str:
     return "corrupt_image"
 
 
-def _raw_records(path: Path) -> list[tuple[str, Any]]:
-    """(record key for messages, raw object) pairs; JSON Lines lines that are not JSON become `_BadLine`s."""
-    if path.suffix == ".jsonl":
-        out: list[tuple[str, Any]] = []
-        try:
-            f = open(path, encoding="utf-8")  # noqa: SIM115
-        except FileNotFoundError:
-            raise DataError(f"{path}: file not found") from None
-        with f:
-            try:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        out.append((f"line {lineno}", loads_json(line)))
-                    except DuplicateKeyError as e:
-                        out.append((f"line {lineno}", _BadLine(str(e))))
-                    except json.JSONDecodeError as e:
-                        out.append((f"line {lineno}", _BadLine(f"malformed JSON: {e.msg}")))
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        return out
-    obj = read_json(path)
-    if isinstance(obj, list):
-        return [(str(i), v) for i, v in enumerate(obj)]
-    if isinstance(obj, dict):
-        return [
-            (
-                k,
-                ({"image": k, **v} if isinstance(v, dict) and "image" not in v and "img_path" not in v else v),
-            )
-            for k, v in obj.items()
-        ]
-    raise DataError(
-        f"{path}: annotations must be a JSON list, a JSON object keyed by image, or JSON Lines; "
-        f"got {type(obj).__name__}"
+def _raw_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """(record key for messages, raw object) pairs, `img_path` read as `image`; JSON Lines lines that are not JSON
+    (or repeat a key) come as `BadLine`s."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    records = iter_records(
+        path, key_field="image", aliases=("img_path",), bad_lines=True, skip_torn_tail=False, what="annotations"
     )
-
-
-@dataclass(frozen=True)
-class _BadLine:
-    why: str
+    for key, raw in records:
+        if isinstance(raw, dict) and "image" not in raw and "img_path" in raw:
+            raw = {**raw, "image": raw["img_path"]}
+        yield str(key), raw
 
 
 def load_annotations(path: str | os.PathLike) -> tuple[dict[str, Annotation], list[Problem]]:
@@ -166,16 +151,12 @@ def load_annotations(path: str | os.PathLike) -> tuple[dict[str, Annotation], li
     `duplicate_annotation`.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
     out: dict[str, Annotation] = {}
     problems: list[Problem] = []
     for key, raw in _raw_records(path):
-        if isinstance(raw, _BadLine):
+        if isinstance(raw, BadLine):
             problems.append(Problem("malformed_annotation", f"{path.name}:{key}", f"{path}: record {key!r}: {raw.why}"))
             continue
-        if isinstance(raw, dict) and "image" not in raw and "img_path" in raw:
-            raw = {**raw, "image": raw["img_path"]}
         try:
             ann = Annotation.model_validate(raw)
         except ValidationError as e:
@@ -199,3 +180,22 @@ def load_annotations(path: str | os.PathLike) -> tuple[dict[str, Annotation], li
             continue
         out[ann.image] = ann
     return out, problems
+
+
+def load_defects(path: str | os.PathLike) -> dict[str, tuple[str | None, str | None]]:
+    """Read an annotations file into `{image: (location, type)}` (eval's ground truth; `reasoning` is not needed).
+    A bad record, a bad JSON Lines line or a second annotation for an image is a one-line `DataError` naming the file
+    and the record."""
+    path = Path(path)
+    out: dict[str, tuple[str | None, str | None]] = {}
+    for key, raw in _raw_records(path):
+        if isinstance(raw, BadLine):
+            raise DataError(f"{path}: {key}: {raw.why}")
+        try:
+            d = Defect.model_validate(raw)
+        except ValidationError as e:
+            raise DataError(format_validation_error(path, key, e)) from None
+        if d.image in out:  # which of the two is the truth is not ours to guess
+            raise DataError(f"{path}: record {key!r}: a second annotation for image {d.image!r}")
+        out[d.image] = (d.location, d.type)
+    return out

@@ -42,7 +42,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from iadr1.answers import parse
 from iadr1.data.annotations import PROBLEM_KINDS, Annotation, Problem, image_problem_kind, load_annotations
-from iadr1.data.convert import read_meta, split_of
 from iadr1.data.io import (
     NEAR_DISTANCE,
     NEAR_RMS,
@@ -52,6 +51,8 @@ from iadr1.data.io import (
     inspect_image,
     resolve_under,
 )
+from iadr1.data.keys import KeyIndex, without_dataset
+from iadr1.data.meta import read_meta, split_of
 from iadr1.data.schemas import GRPORecord, MetaEntry, SFTRecord, load_test_file, validate_record
 from iadr1.errors import DataError
 from iadr1.prompts import grpo_problem, user_text
@@ -361,7 +362,9 @@ def build_data(
     for cls_entries in meta_map.values():
         for e in cls_entries:
             listed.setdefault(e.img_path, e)  # the same image listed twice is one image
-    test_images = _test_images(listed, test_keys)
+    # Test-file keys carry the dataset name, meta paths may not (docs/convert.md, "Keys"): found in either form.
+    key_index = KeyIndex(listed)
+    test_images = _test_images(listed, test_keys, key_index)
     wanted = {s.lower() for s in config.splits} if config.splits else None
     use_test = config.allow_test or (wanted is not None and "test" in wanted)
     entries: dict[str, MetaEntry] = {}
@@ -395,6 +398,7 @@ def build_data(
     else:
         anns, ann_problems = load_annotations(annotations)
         problems.extend(ann_problems)
+    anns = _by_meta_path(anns, key_index, problems)
 
     # 2. Open every image once (and fingerprint it when there are test images to compare with) -----------------
     paths = sorted(entries)
@@ -402,7 +406,7 @@ def build_data(
     files = {p: _image_file(root_s, p) for p in paths}
     test_image_files = {t: files.get(t) or _image_file(root_s, t) for t in sorted(test_images)}
     for key in test_keys:  # a test file's image the meta does not list: found under the image root
-        if _meta_path(key, listed) is None and key not in test_image_files:
+        if key_index.find(key) is None and key not in test_image_files:
             test_image_files[key] = _test_image_file(root_s, key)
     extra = sorted(set(test_image_files.values()) - set(files.values()))
     bad, prints = inspect_images(
@@ -545,19 +549,24 @@ _LEAK_FREE_HINT = (
 )
 
 
-def _meta_path(key: str, listed: dict[str, MetaEntry]) -> str | None:
-    """The meta path a test-file key names: the key itself, or the key without its first component (convert puts
-    the dataset name before the meta paths of every layout but `folder`); None if the meta does not list it."""
-    if key in listed:
-        return key
-    rest = key.partition("/")[2]
-    return rest if rest in listed else None
-
-
-def _test_images(listed: dict[str, MetaEntry], test_keys: list[str]) -> set[str]:
+def _test_images(listed: dict[str, MetaEntry], test_keys: list[str], key_index: KeyIndex) -> set[str]:
     """Meta paths of the test images: the meta's `test` split and the images the test files name."""
-    named = {_meta_path(k, listed) for k in test_keys}
+    named = {key_index.find(k) for k in test_keys}
     return {p for p, e in listed.items() if split_of(e) == "test" or p in named}
+
+
+def _by_meta_path(anns: dict[str, Annotation], key_index: KeyIndex, problems: list[Problem]) -> dict[str, Annotation]:
+    """Annotations keyed by the meta path of their image: an annotation may name it by test key too (the dataset name
+    first). Two annotations for one image are a `duplicate_annotation` (the first is kept); an image the meta does
+    not list keeps its name (counted as unused)."""
+    out: dict[str, Annotation] = {}
+    for name, ann in anns.items():
+        path = key_index.find(name) or name
+        if path in out:
+            problems.append(Problem("duplicate_annotation", path, f"{name}: a second annotation for image {path!r}"))
+            continue
+        out[path] = ann
+    return out
 
 
 def _test_image_file(root: str, key: str) -> str:
@@ -566,7 +575,7 @@ def _test_image_file(root: str, key: str) -> str:
     path = _image_file(root, key)
     if os.path.exists(path) or "/" not in key:
         return path
-    rest = _image_file(root, key.partition("/")[2])
+    rest = _image_file(root, without_dataset(key))
     return rest if os.path.exists(rest) else path
 
 

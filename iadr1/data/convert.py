@@ -8,10 +8,11 @@ Two steps, each usable alone:
    Answer A (anomalous) or B (normal), `random_templates` (a seeded draw of up to K normal references of the class)
    and `similar_templates` (the K references nearest to the image by a 16x16 grayscale thumbnail).
 
-`build_test_records` gives the same content as plain dicts and `write_test_file` writes either form fast; the CLI uses
-them. `write_meta`/`read_meta` keep the `split` field (and read AnomalyCLIP's `{"train": .., "test": ..}` form).
-`move_to_train(meta, share, seed)` moves a seeded share of each (class, specie) of the test images to the train split:
-a leak-free source of defective training images for layouts that keep every defect in `test/`.
+`build_test_records` gives the same content as plain dicts and `write_test_file` writes them (or `TestEntry`s) fast:
+`iadr1 convert` uses both. meta.json itself is read and written by `iadr1.data.meta` (`read_meta`, `write_meta`,
+`split_of`, re-exported here). `move_to_train(meta, share, seed)` moves a seeded share of each (class, specie) of the
+test images to the train split: a leak-free source of defective training images for layouts that keep every defect in
+`test/`.
 
 Images that cannot be read (for the similar templates) are collected, all of them: a test image among them is left out
 of the test file, a reference is never a template; the caller gets them all (`bad_images`), or one error naming them.
@@ -19,23 +20,17 @@ of the test file, a reference is never a template; the caller gets them all (`ba
 References of a class are its `template` images if it has any, else its normal `train` images; test images are never
 references. A class without references gets empty template lists (as the released SDD file).
 
-Keys and the dataset prefix: the folder layout scans `ROOT/NAME/...`, so its paths already start with `NAME/` and
-ROOT is the image root. The other layouts are given the dataset folder itself as root, so their paths start at the
-class; `dataset` is then prefixed to every key and the image root for inference is the parent of the dataset folder
-(which must therefore be named like the dataset, or be linked under that name). See docs/convert.md.
+Keys: `prefix + img_path`, the prefix by `iadr1.data.keys.key_prefix` (the key convention, docs/convert.md).
 """
 
 from __future__ import annotations
 
-import functools
-import gc
 import json
 import os
 import random
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
 import numpy as np
 
@@ -45,10 +40,11 @@ from iadr1.data.io import (
     bad_images_message,
     gray_thumbnail,
     image_problem,
-    read_json,
-    safe_relpath,
+    without_gc,
 )
-from iadr1.data.layouts import LAYOUTS, Meta, scan_sdd
+from iadr1.data.keys import key_prefix
+from iadr1.data.layouts import LAYOUTS, scan_sdd
+from iadr1.data.meta import ENCODER, Meta, check_meta_path, read_meta, split_of, write_meta
 from iadr1.data.schemas import (
     ANOMALY_LETTER,
     NORMAL_LETTER,
@@ -56,39 +52,39 @@ from iadr1.data.schemas import (
     QUESTION,
     MetaEntry,
     TestEntry,
-    validate_record,
 )
 from iadr1.errors import ConfigError, DataError
+
+# Re-exported: the meta.json reader, writer and split rule (`iadr1.data.meta`) and the key prefix
+# (`iadr1.data.keys`) lived here first, and `from iadr1.data.convert import read_meta` still works.
+__all__ = [
+    "build_test_file",
+    "build_test_records",
+    "image_descriptor",
+    "image_descriptors",
+    "key_prefix",
+    "most_similar",
+    "move_to_train",
+    "random_choices",
+    "read_meta",
+    "references",
+    "scan_layout",
+    "split_of",
+    "write_meta",
+    "write_test_file",
+]
 
 DESCRIPTOR_SIZE = 16
 # Below this many images a thread pool is not worth starting.
 PARALLEL_MIN_IMAGES = 1000
 
 ProgressFn = Callable[[int], None]
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _without_gc(fn: F) -> F:
-    """Pause the cyclic garbage collector while `fn` runs: building 50k small records otherwise triggers repeated
-    full collections over every object already made, which more than doubles the time (measured)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if enabled:
-                gc.enable()
-
-    return wrapper  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # meta.json
 # ---------------------------------------------------------------------------------------------------------------------
-@_without_gc
+@without_gc
 def scan_layout(layout: str, root: Path, dataset: str | None = None, bad_images: dict[str, str] | None = None) -> Meta:
     """Read the dataset at `root` in `layout` (mvtec, visa, mpdd, dtd, sdd, dagm, folder) into a meta dict.
 
@@ -104,61 +100,6 @@ def scan_layout(layout: str, root: Path, dataset: str | None = None, bad_images:
     if layout == "sdd":
         return scan_sdd(Path(root), dataset, bad_images)
     return importer(Path(root), dataset)
-
-
-# One C-encoder call per record: `json.dumps(indent=4)` runs Python's pure-Python encoder, 10x slower at 50k records.
-_ENC = json.JSONEncoder(ensure_ascii=False)
-
-
-@_without_gc
-def write_meta(meta: Meta, path: str | os.PathLike) -> Path:
-    """Write a meta dict as meta.json, atomically, one entry per line (the `split` field of each entry is kept)."""
-    parts = []
-    for cls, entries in meta.items():
-        rows = ",\n        ".join(_ENC.encode(_meta_dict(e)) for e in entries)
-        parts.append(f"    {_ENC.encode(cls)}: [\n        {rows}\n    ]" if entries else f"    {_ENC.encode(cls)}: []")
-    return atomic_write_text(path, "{\n" + ",\n".join(parts) + "\n}\n" if parts else "{}\n")
-
-
-def _meta_dict(e: MetaEntry) -> dict:
-    # Fields then extras, as `to_json` gives, without pydantic's serializer (3x faster, same JSON).
-    extra = e.__pydantic_extra__
-    return {**e.__dict__, **extra} if extra else dict(e.__dict__)
-
-
-@_without_gc
-def read_meta(path: str | os.PathLike) -> Meta:
-    """Load a meta.json `{class: [entries]}`, or AnomalyCLIP's `{"train": {...}, "test": {...}}` form.
-
-    In the split form each entry gets `split` from the top-level key it sits under (unless it has one). Paths are
-    checked: an absolute path or one that climbs out with `..` is a `DataError` naming the file and record.
-    """
-    path = Path(path)
-    obj = read_json(path)
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: meta.json is an object {{class: [entries]}}, got {type(obj).__name__}")
-    groups: list[tuple[str | None, dict]] = [(None, obj)]
-    if obj and set(obj) <= {"train", "test"} and all(isinstance(v, dict) for v in obj.values()):
-        groups = list(obj.items())
-    meta: Meta = {}
-    for split, classes in groups:
-        for cls, items in classes.items():
-            if not isinstance(items, list):
-                raise DataError(f"{path}: class {cls!r}: expected a list of entries, got {type(items).__name__}")
-            out = meta.setdefault(cls, [])
-            for i, item in enumerate(items):
-                where = f"{split}/{cls}[{i}]" if split else f"{cls}[{i}]"
-                if split and isinstance(item, dict) and "split" not in item:
-                    item = {**item, "split": split}
-                entry = validate_record(MetaEntry, item, path, where)
-                try:
-                    entry.img_path = _check_rel(entry.img_path, "img_path")
-                    if entry.mask_path:
-                        entry.mask_path = _check_rel(entry.mask_path, "mask_path")
-                except DataError as e:
-                    raise DataError(f"{path}: record {where!r}: {e}") from None
-                out.append(entry)
-    return meta
 
 
 def move_to_train(meta: Meta, share: float, seed: int = 0) -> Meta:
@@ -182,33 +123,6 @@ def move_to_train(meta: Meta, share: float, seed: int = 0) -> Meta:
             moved.update(random.Random(f"{seed}:train-share:{cls}:{specie}").sample(idx, n))
         out[cls] = [e.model_copy(update={"split": "train"}) if i in moved else e for i, e in enumerate(entries)]
     return out
-
-
-def split_of(entry: MetaEntry) -> str:
-    """The entry's split: its `split` field, else guessed from the path (`template` or `train` folder, else test)."""
-    extra = entry.__pydantic_extra__  # direct: pydantic's attribute fallback costs more than the rest of this
-    split = extra.get("split") if extra else None
-    if split:
-        return str(split).lower()
-    parts = [p.lower() for p in entry.img_path.split("/")]
-    if "template" in parts:
-        return "template"
-    return "train" if "train" in parts else "test"
-
-
-def _check_rel(rel: str, what: str) -> str:
-    """`safe_relpath` with a fast path: a plain `a/b/c.png` needs only string tests (50k paths per run)."""
-    if (
-        rel
-        and rel[0] != "/"
-        and rel[1:2] != ":"
-        and not any(bad in rel for bad in ("..", "\\", "//", "/./"))
-        and not rel.startswith("./")
-    ):
-        return rel
-    if not rel:
-        raise DataError(f"{what} is empty")
-    return safe_relpath(rel, None, what)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -355,24 +269,7 @@ def references(entries: Sequence[MetaEntry]) -> list[MetaEntry]:
     return templates or [e for e in normal if split_of(e) == "train"]
 
 
-def key_prefix(meta: Meta, root: Path, dataset: str | None) -> str:
-    """The text put before every meta path to make a test-file key ("" or `NAME/`).
-
-    No `dataset`: none (the paths already start with the dataset name). With `dataset`: none if every path already
-    starts with `dataset/` and `root` is not itself named `dataset` (a folder-layout meta), else `dataset/`.
-    """
-    if not dataset:
-        return ""
-    name = dataset.strip("/")
-    if not name or "/" in name or name in (".", ".."):
-        raise ConfigError(f"dataset name {dataset!r} must be one folder name (no '/')")
-    head = name + "/"
-    if Path(root).name != name and all(e.img_path.startswith(head) for es in meta.values() for e in es):
-        return ""
-    return head
-
-
-@_without_gc
+@without_gc
 def build_test_records(
     meta: Meta,
     root: Path,
@@ -397,7 +294,7 @@ def build_test_records(
         splits = []
         for i, e in enumerate(entries):
             try:
-                _check_rel(e.img_path, "img_path")
+                check_meta_path(e.img_path, "img_path")
             except DataError as err:
                 raise DataError(f"meta record {cls}[{i}]: {err}") from None
             splits.append(split_of(e))
@@ -464,7 +361,7 @@ def _conversation(letter: str) -> dict:
     return {"Question": QUESTION, "Answer": letter, "Options": dict(OPTIONS), "type": "Anomaly Detection"}
 
 
-@_without_gc
+@without_gc
 def build_test_file(
     meta: Meta,
     root: Path,
@@ -504,7 +401,7 @@ _CONVERSATION_TEXT = {
 def _list_text(items: list[str]) -> str:
     if not items:
         return "[]"
-    return "[\n            " + ",\n            ".join(map(_ENC.encode, items)) + "\n        ]"
+    return "[\n            " + ",\n            ".join(map(ENCODER.encode, items)) + "\n        ]"
 
 
 def _record_text(key: str, v: dict) -> str:
@@ -522,18 +419,18 @@ def _record_text(key: str, v: dict) -> str:
         and isinstance(v["random_templates"], list)
     ):
         return (
-            f"    {_ENC.encode(key)}: {{\n"
-            f'        "image_path": {_ENC.encode(v["image_path"])},\n'
+            f"    {ENCODER.encode(key)}: {{\n"
+            f'        "image_path": {ENCODER.encode(v["image_path"])},\n'
             f'        "conversation": {_CONVERSATION_TEXT[conv[0]["Answer"]]},\n'
             f'        "similar_templates": {_list_text(v["similar_templates"])},\n'
             f'        "random_templates": {_list_text(v["random_templates"])}\n'
             "    }"
         )
     # Any other shape (extra fields, several turns): the standard encoder, indented one level.
-    return f"    {_ENC.encode(key)}: " + json.dumps(v, indent=4, ensure_ascii=False).replace("\n", "\n    ")
+    return f"    {ENCODER.encode(key)}: " + json.dumps(v, indent=4, ensure_ascii=False).replace("\n", "\n    ")
 
 
-@_without_gc
+@without_gc
 def write_test_file(records: dict[str, dict] | dict[str, TestEntry], path: str | os.PathLike) -> Path:
     """Write a test file atomically: the same text as `schemas.dump_test_file` (`json.dumps(indent=4)`), 4-8x faster."""
     body = ",\n".join(_record_text(k, v.to_json() if isinstance(v, TestEntry) else v) for k, v in records.items())

@@ -27,16 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from iadr1.data.io import IMAGE_ERRORS, IMAGE_SUFFIXES, bad_images_message, image_problem, safe_relpath
+from iadr1.data.keys import DEFECT_SPECIE, NORMAL_SPECIE
+from iadr1.data.meta import SPLITS, Meta
 from iadr1.data.schemas import MetaEntry
 from iadr1.errors import DataError
 
-NORMAL_SPECIE = "good"
-DEFECT_SPECIE = "defect"
-SPLITS = ("train", "test", "template")
 # Folders inside a class folder that are not defect species in the folder layout without a `test/` level.
 _RESERVED = {"train", "test", "template", "ground_truth"}
-
-Meta = dict[str, list[MetaEntry]]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from iadr1.data.io import atomic_write_json, read_json
+from iadr1.data.io import iter_records, read_json
+from iadr1.data.keys import dataset_and_class
 from iadr1.errors import DataError
 
 QUESTION = "Are there any defects in the query image?"
@@ -70,16 +71,13 @@ class TestEntry(_Record):
 
     @property
     def dataset(self) -> str:
-        """First path component: the benchmark's dataset name (`SDD`, `MPDD`, ...)."""
-        return self.image_path.split("/", 1)[0]
+        """The benchmark's dataset name (`SDD`, `MPDD`, ...): `iadr1.data.keys.dataset_and_class`."""
+        return dataset_and_class(self.image_path)[0]
 
     @property
     def cls_name(self) -> str:
-        """The class: second path component, or the dataset name for layouts with no class level (SDD)."""
-        parts = self.image_path.split("/")
-        if len(parts) >= 3 and parts[1] not in ("test", "train"):
-            return parts[1]
-        return parts[0]
+        """The class (the dataset name for layouts with no class level, SDD): `iadr1.data.keys.dataset_and_class`."""
+        return dataset_and_class(self.image_path)[1]
 
 
 # --- training records ------------------------------------------------------------------------------------------------
@@ -114,7 +112,9 @@ class Prediction(_Record):
     raw: str | None = None
     answer: Literal["yes", "no"] | None = None
     letter: Literal["A", "B", "E"] = UNANSWERED_LETTER
-    p_yes: float | None = Field(None, allow_inf_nan=False)  # Python's json reads NaN: refused, not taken for absent
+    # Python's json reads NaN: refused, not taken for absent. Strict: a string or a bool is no probability (eval's
+    # rule, and the twin of `iadr1.eval.decoders.PlainPrediction`, which takes numbers only).
+    p_yes: float | None = Field(None, allow_inf_nan=False, strict=True)
     latency_s: float | None = None
     error: str | None = None
 
@@ -163,21 +163,11 @@ def validate_record(model: type[R], obj: Any, source: str | os.PathLike, key: st
 
 
 def load_records(path: str | os.PathLike, model: type[R]) -> list[R]:
-    """Load a JSON list, a JSON dict of records, or JSON Lines into `model` instances.
+    """Load a JSON list, a JSON dict of records, or JSON Lines (`iadr1.data.io.iter_records`) into `model` instances.
 
     Fails on the first bad record with a one-line `DataError`.
     """
-    from iadr1.data.io import iter_jsonl
-
-    path = Path(path)
-    if path.suffix == ".jsonl":
-        return [validate_record(model, obj, path, f"line {n}") for n, obj in iter_jsonl(path)]
-    obj = read_json(path)
-    if isinstance(obj, dict):
-        return [validate_record(model, v, path, k) for k, v in obj.items()]
-    if isinstance(obj, list):
-        return [validate_record(model, v, path, i) for i, v in enumerate(obj)]
-    raise DataError(f"{path}: expected a list or dict of records, got {type(obj).__name__}")
+    return [validate_record(model, obj, path, key) for key, obj in iter_records(path)]
 
 
 def load_test_file(path: str | os.PathLike) -> dict[str, TestEntry]:
@@ -194,30 +184,8 @@ def load_test_file(path: str | os.PathLike) -> dict[str, TestEntry]:
 
 
 def dump_test_file(entries: dict[str, TestEntry], path: str | os.PathLike) -> Path:
-    """Write a test file atomically in the benchmark's format (4-space indent, as the released files)."""
-    return atomic_write_json(path, {k: e.to_json() for k, e in entries.items()})
+    """Write a test file atomically in the benchmark's format (`json.dumps(indent=4)` text, as the released files),
+    through the one writer, `iadr1.data.convert.write_test_file`. meta.json: `iadr1.data.meta`."""
+    from iadr1.data.convert import write_test_file  # convert imports this module
 
-
-def load_meta(path: str | os.PathLike) -> dict[str, list[MetaEntry]]:
-    """Load a meta.json: `{category: [entry, ...]}`. A top-level `{"test": {...}, "train": {...}}` split is accepted too
-    (AnomalyCLIP writes one); its splits are merged."""
-    path = Path(path)
-    obj = read_json(path)
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: meta.json is an object {{category: [entries]}}, got {type(obj).__name__}")
-    if obj and set(obj) <= {"train", "test"} and all(isinstance(v, dict) for v in obj.values()):
-        merged: dict[str, list] = {}
-        for split in obj.values():
-            for cls, items in split.items():
-                merged.setdefault(cls, []).extend(items)
-        obj = merged
-    out: dict[str, list[MetaEntry]] = {}
-    for cls, items in obj.items():
-        if not isinstance(items, list):
-            raise DataError(f"{path}: category {cls!r}: expected a list of entries, got {type(items).__name__}")
-        out[cls] = [validate_record(MetaEntry, it, path, f"{cls}[{i}]") for i, it in enumerate(items)]
-    return out
-
-
-def dump_meta(meta: dict[str, list[MetaEntry]], path: str | os.PathLike) -> Path:
-    return atomic_write_json(path, {c: [e.to_json() for e in items] for c, items in meta.items()})
+    return write_test_file(entries, path)

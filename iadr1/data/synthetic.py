@@ -11,10 +11,12 @@
     OUT/meta.json  OUT/test_SYNTH_format.json  OUT/annotations.jsonl  OUT/synthetic.json
     OUT/sft_0shot.json  OUT/sft_1shot.json  OUT/grpo_0shot.json  OUT/grpo_1shot.json  OUT/build_report.json
 
-Image numbers run on across the splits of a class (masks are matched to images by file stem). The tree is the
-released benchmark's folder layout, read by `iadr1.data.convert.scan_layout("folder", OUT/images, "SYNTH")`;
-paths in every file are relative to `OUT/images` (the image root). Training files are built from the `train`
-split only.
+Two steps. `draw_images` draws the image tree (images, masks) and returns the annotations; image numbers run
+on across the splits of a class (masks are matched to images by file stem), in the released benchmark's folder
+layout. `assemble_dataset` then builds the files with the functions the CLI runs: `iadr1 convert`'s
+(`scan_layout("folder", OUT/images, "SYNTH")`, `write_meta`, `key_scheme`, `build_test_records`) and
+`iadr1 build-data`'s (`build_data`, on the `train` split only). Paths in every file are relative to
+`OUT/images` (the image root).
 
 Tiles are cut from photographs that ship inside scikit-image (brick, grass and gravel textures; coins, with
 each tile centred on one coin found by segmentation), tinted per class and jittered (crop scale, flips,
@@ -27,7 +29,6 @@ write byte-identical files.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -712,7 +713,7 @@ class SyntheticDataset:
     sft_1shot_file: Path
     grpo_1shot_file: Path
     report: Path
-    info: Path
+    info: Path | None = None  # synthetic.json: the options and counts (make_dataset)
     sft_val_file: Path | None = None
     grpo_val_file: Path | None = None
     counts: dict[str, int] = field(default_factory=dict)
@@ -750,35 +751,12 @@ def make_dataset(
     `n_train`/`n_test` images are spread evenly over `classes`, a fraction `defect_rate` of each class's
     images defective (exactly rounded); `templates` normal references per class; `size` the square image side
     in pixels (at least 48); `contrast` and `scale` the ranges of defect strength and size (see
-    `make_sample`); `defects` the kinds drawn (default all eight). The training files are built with
-    `iadr1.data.build.build_data` (zero- and one-shot, optional validation split); the test file with
-    `iadr1.data.convert.build_test_file`.
+    `make_sample`); `defects` the kinds drawn (default all eight). Two steps: `draw_images` writes the image
+    tree, `assemble_dataset` turns it into meta, test file and training files. `on_progress(stage, done,
+    total)` is called as images are drawn and checked.
     """
-    from iadr1.data.build import BuildConfig, build_data
-    from iadr1.data.convert import build_test_file, scan_layout, write_meta
-    from iadr1.data.io import atomic_write_json, atomic_write_text
-    from iadr1.data.schemas import dump_test_file
-
-    classes = tuple(classes)
-    if not classes or any(c not in _TINTS for c in classes) or len(set(classes)) != len(classes):
-        raise ConfigError(f"classes must be distinct names from {', '.join(CLASSES)}, got {list(classes)}")
-    if size < 48:
-        raise ConfigError(f"size must be at least 48 pixels (defects must stay visible), got {size}")
-    if not 0.0 <= defect_rate <= 1.0:
-        raise ConfigError(f"defect_rate must be between 0 and 1, got {defect_rate}")
-    if n_train < 2 * len(classes) or n_test < len(classes):
-        raise ConfigError(f"need n_train >= {2 * len(classes)} and n_test >= {len(classes)} for {len(classes)} classes")
-    if templates < 1:
-        raise ConfigError(f"templates must be at least 1, got {templates}")
-    defects = tuple(defects)
-    if not defects or any(d not in SPECIES for d in defects) or len(set(defects)) != len(defects):
-        raise ConfigError(f"defects must be distinct kinds from {', '.join(SPECIES)}, got {list(defects)}")
-    for name, (lo, hi) in (("contrast", contrast), ("scale", scale)):
-        if not 0.0 < lo <= hi:
-            raise ConfigError(f"{name} must be a range (low, high) with 0 < low <= high, got {(lo, hi)}")
-    if defect_rate >= 1.0:
-        raise ConfigError("defect_rate 1.0 leaves no normal training image for one-shot references; use < 1")
-
+    classes, defects = tuple(classes), tuple(defects)
+    _check_options(classes, size, defect_rate, n_train, n_test, templates, defects, contrast, scale)
     root = Path(out_dir)
     image_root = root / "images"
     ds_dir = image_root / dataset
@@ -795,20 +773,95 @@ def make_dataset(
             raise ConfigError(
                 f"class {cls!r} gets fewer than 2 normal training images: raise n_train or lower defect_rate"
             )
+    annotations = draw_images(image_root, plans, size, seed, contrast, scale, dataset, on_progress)
+    ds = assemble_dataset(root, annotations, dataset, templates, seed, val_fraction, on_progress)
+
+    from iadr1.data.io import atomic_write_json
+
+    counts = {
+        "train": len(plans["train"]),
+        "train_anomalous": sum(s != "good" for _, s in plans["train"]),
+        "test": len(plans["test"]),
+        "test_anomalous": sum(s != "good" for _, s in plans["test"]),
+        "templates": len(plans["template"]),
+    }
+    options = {
+        "n_train": n_train,
+        "n_test": n_test,
+        "size": size,
+        "defect_rate": defect_rate,
+        "seed": seed,
+        "templates": templates,
+        "classes": list(classes),
+        "val_fraction": val_fraction,
+        "contrast": list(contrast),
+        "scale": list(scale),
+        "defects": list(defects),
+    }
+    info = {"dataset": dataset, "image_root": "images", "options": options, "counts": counts, "types": DEFECT_TYPES}
+    ds.info = atomic_write_json(root / "synthetic.json", info, indent=2)
+    ds.counts = counts
+    return ds
+
+
+def _check_options(
+    classes: tuple[str, ...],
+    size: int,
+    defect_rate: float,
+    n_train: int,
+    n_test: int,
+    templates: int,
+    defects: tuple[str, ...],
+    contrast: tuple[float, float],
+    scale: tuple[float, float],
+) -> None:
+    """`make_dataset`'s option checks, each a one-line ConfigError."""
+    if not classes or any(c not in _TINTS for c in classes) or len(set(classes)) != len(classes):
+        raise ConfigError(f"classes must be distinct names from {', '.join(CLASSES)}, got {list(classes)}")
+    if size < 48:
+        raise ConfigError(f"size must be at least 48 pixels (defects must stay visible), got {size}")
+    if not 0.0 <= defect_rate <= 1.0:
+        raise ConfigError(f"defect_rate must be between 0 and 1, got {defect_rate}")
+    if n_train < 2 * len(classes) or n_test < len(classes):
+        raise ConfigError(f"need n_train >= {2 * len(classes)} and n_test >= {len(classes)} for {len(classes)} classes")
+    if templates < 1:
+        raise ConfigError(f"templates must be at least 1, got {templates}")
+    if not defects or any(d not in SPECIES for d in defects) or len(set(defects)) != len(defects):
+        raise ConfigError(f"defects must be distinct kinds from {', '.join(SPECIES)}, got {list(defects)}")
+    for name, (lo, hi) in (("contrast", contrast), ("scale", scale)):
+        if not 0.0 < lo <= hi:
+            raise ConfigError(f"{name} must be a range (low, high) with 0 < low <= high, got {(lo, hi)}")
+    if defect_rate >= 1.0:
+        raise ConfigError("defect_rate 1.0 leaves no normal training image for one-shot references; use < 1")
+
+
+def draw_images(
+    image_root: Path,
+    plans: dict[str, list[tuple[str, str]]],
+    size: int = 96,
+    seed: int = 0,
+    contrast: tuple[float, float] = (0.35, 1.0),
+    scale: tuple[float, float] = (0.7, 1.3),
+    dataset: str = DATASET,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Draw the images of `plans` ({split: [(class, specie)]}, splits train, test, template) into the
+    released benchmark's folder layout under `image_root / dataset`, with a mask beside each defect, and return
+    the annotation of every train and test image (`{image, reasoning[, location, type]}`, the annotations
+    file's records). Image numbers run on across the splits of a class: masks are matched by file stem."""
+    ds_dir = image_root / dataset
     total = sum(len(p) for p in plans.values())
-    next_index = dict.fromkeys(classes, 0)
+    next_index: dict[str, int] = {}
     annotations: list[dict[str, Any]] = []
     done = 0
     for split in ("train", "test", "template"):
         seen: dict[str, int] = {}
-        for cls, specie in plans[split]:
+        for cls, specie in plans.get(split, []):
             i_split = seen[cls] = seen.get(cls, -1) + 1
-            idx = next_index[cls]
-            next_index[cls] += 1
+            idx = next_index[cls] = next_index.get(cls, -1) + 1
             smp = make_sample(cls, split, i_split, specie, size, seed, contrast, scale)
-            name = f"{idx:04d}.png"
             folder = "template" if split == "template" else f"{split}/{specie}"
-            rel = f"{dataset}/{cls}/{folder}/{name}"
+            rel = f"{dataset}/{cls}/{folder}/{idx:04d}.png"
             _save_png(image_root / rel, smp.image)
             if smp.anomalous:
                 _save_png(ds_dir / cls / "ground_truth" / specie / f"{idx:04d}_mask.png", smp.mask)
@@ -820,12 +873,36 @@ def make_dataset(
             done += 1
             if on_progress:
                 on_progress("drawing images", done, total)
+    return annotations
 
+
+def assemble_dataset(
+    root: Path,
+    annotations: list[dict[str, Any]],
+    dataset: str = DATASET,
+    templates: int = 4,
+    seed: int = 0,
+    val_fraction: float = 0.0,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> SyntheticDataset:
+    """Turn the image tree `root/images/<dataset>` and its `annotations` into a benchmark, with the functions
+    the CLI runs: meta.json as `iadr1 convert --layout folder` scans it, the test file of the test split as
+    `iadr1 convert --test-file` writes it (`templates` similar and random references from template/), and
+    the zero- and one-shot training files of the train split as `iadr1 build-data --split train --strict`
+    builds them. Returns the paths (`info` and `counts` are the caller's)."""
+    from iadr1.data.build import BuildConfig, build_data
+    from iadr1.data.convert import build_test_records, scan_layout, write_test_file
+    from iadr1.data.io import atomic_write_jsonl
+    from iadr1.data.keys import key_scheme
+    from iadr1.data.meta import write_meta
+
+    image_root = root / "images"
     meta = scan_layout("folder", image_root, dataset)
     meta_path = write_meta(meta, root / "meta.json")
-    ann_path = atomic_write_text(root / "annotations.jsonl", "".join(json.dumps(a) + "\n" for a in annotations))
-    test_path = dump_test_file(
-        build_test_file(meta, image_root, templates=templates, seed=seed, dataset=dataset, workers=1),
+    ann_path = atomic_write_jsonl(root / "annotations.jsonl", annotations)
+    keys = key_scheme(meta, image_root, dataset, "folder")
+    test_path = write_test_file(
+        build_test_records(meta, image_root, templates=templates, seed=seed, dataset=keys.dataset, workers=1),
         root / f"test_{dataset}_format.json",
     )
     result = build_data(
@@ -835,36 +912,6 @@ def make_dataset(
         root,
         BuildConfig(shots=[0, 1], seed=seed, val_fraction=val_fraction, splits=["train"], strict=True, workers=1),
         on_progress=on_progress,
-    )
-    counts = {
-        "train": len(plans["train"]),
-        "train_anomalous": sum(s != "good" for _, s in plans["train"]),
-        "test": len(plans["test"]),
-        "test_anomalous": sum(s != "good" for _, s in plans["test"]),
-        "templates": len(plans["template"]),
-    }
-    info = atomic_write_json(
-        root / "synthetic.json",
-        {
-            "dataset": dataset,
-            "image_root": "images",
-            "options": {
-                "n_train": n_train,
-                "n_test": n_test,
-                "size": size,
-                "defect_rate": defect_rate,
-                "seed": seed,
-                "templates": templates,
-                "classes": list(classes),
-                "val_fraction": val_fraction,
-                "contrast": list(contrast),
-                "scale": list(scale),
-                "defects": list(defects),
-            },
-            "counts": counts,
-            "types": DEFECT_TYPES,
-        },
-        indent=2,
     )
     f = result.files
     return SyntheticDataset(
@@ -879,8 +926,6 @@ def make_dataset(
         sft_1shot_file=f["sft_1shot"].path,
         grpo_1shot_file=f["grpo_1shot"].path,
         report=result.report_path,
-        info=info,
         sft_val_file=f["sft_0shot_val"].path if "sft_0shot_val" in f else None,
         grpo_val_file=f["grpo_0shot_val"].path if "grpo_0shot_val" in f else None,
-        counts=counts,
     )

@@ -3,10 +3,11 @@
     from iadr1.eval import evaluate
     result = evaluate(["test_SDD_format.json"], ["predictions.jsonl"])
     result.datasets["SDD"]["balanced_accuracy"]
+    per_specie(result)["SDD"]["defect"]["accuracy"]  # accuracy per defect type (`good`: the normal images)
 
-Modules: `load` (test files, both prediction formats, annotations, matching), `metrics` (vectorised numbers),
-`pipeline` (`evaluate`: read, match, score), `report` (metrics.json, accuracy.csv, plots, terminal table),
-`html` (report.html), `compare` (runs side by side).
+Modules: `load` (test files, both prediction formats, annotations, matching), `decoders` (the msgspec decoders and
+their pydantic twins), `metrics` (vectorised numbers), `pipeline` (`evaluate`, `per_specie`: read, match, score),
+`report` (metrics.json, accuracy.csv, plots, terminal tables), `html` (report.html), `compare` (runs side by side).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from iadr1.eval.pipeline import EvalResult, evaluate
+    from iadr1.eval.pipeline import EvalResult, evaluate, per_specie
 
-__all__ = ["EvalResult", "evaluate"]
+__all__ = ["EvalResult", "evaluate", "per_specie"]
 
 
 def __getattr__(name: str) -> Any:

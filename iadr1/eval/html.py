@@ -107,6 +107,27 @@ def _table(rows: list[tuple[list[str], dict[str, Any], str]], first_cols: list[s
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
+_SPECIE_COLUMNS = (
+    ("n", "images", 0),
+    ("accuracy", "accuracy", 2),
+    ("location_accuracy", "location acc.", 2),
+    ("type_accuracy", "type acc.", 2),
+)
+
+
+def _species_table(result: EvalResult) -> str:
+    """Accuracy per dataset and defect kind (`pipeline.per_specie`): `good` is the normal images."""
+    names = ("dataset", "type", *(label for _, label, _ in _SPECIE_COLUMNS))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in names)
+    body = []
+    for ds, d in result.datasets.items():
+        for sp, row in d.get("species", {}).items():
+            cells = f'<td class="name">{html.escape(ds)}</td><td class="name">{html.escape(sp)}</td>'
+            cells += "".join(f"<td>{_cell(row, k, digits)}</td>" for k, _, digits in _SPECIE_COLUMNS)
+            body.append(f"<tr>{cells}</tr>")
+    return f'<table id="species"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
 def _thumbnail(image_root: str | os.PathLike | None, image: str) -> str | None:
     """A base64 JPEG data URI of the image shrunk to THUMB_PX, or None when it cannot be shown."""
     if image_root is None:
@@ -213,7 +234,8 @@ def render_html(
         f"Labels: {labels}. "
         f"Rates in percent; 95% intervals from {run['bootstrap']} bootstrap replicates (seed {run['seed']})."
     )
-    notes = "".join(f"<li>{e(n)}</li>" for n in result.notes)
+    notes = "".join(f"<li><b>warning:</b> {e(w)}</li>" for w in result.warnings)
+    notes += "".join(f"<li>{e(n)}</li>" for n in result.notes)
     ds_rows = [([name], d, "") for name, d in result.datasets.items()]
     ds_rows.append((["Average"], result.average, "avg"))
     cls_rows = [([ds, cls], c, "") for ds, d in result.datasets.items() for cls, c in d["classes"].items()]
@@ -252,6 +274,10 @@ def render_html(
 {plot_html or '<p class="meta">plots not written</p>'}
 <h2>Classes</h2>
 {_table(cls_rows, ["dataset", "class"], "classes")}
+<h2>Defect types</h2>
+<p class="meta">Accuracy on each kind of image (good: the normal ones); location and type accuracy on detected
+defects with ground truth.</p>
+{_species_table(result)}
 <h2>Misjudged images</h2>
 <p class="meta">{len(wrong)} misjudged{e(cap)}. {legend}.</p>
 <div class="filters">{filters}<span id="gallery-count"></span></div>

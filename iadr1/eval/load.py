@@ -4,8 +4,9 @@ Speed matters (a million images, CPU time: the 283 MB test file in 1.1-1.2 s, 30
 matching in 0.33-0.48 s; docs/eval.md): files are decoded with msgspec into structs that keep only the fields
 evaluation reads, with the garbage collector paused while millions of small objects are made; a big test file is
 read in a forked child while the predictions are read (`TestFileReader`). The usual files are
-decoded into strictly typed structs (`_Entry`, `_PlainPrediction`), so that decoding is the whole check; any other
-file is decoded again as it is (`_AnyEntry`, `_AnyPrediction`) and judged record by record. When the decoder rejects
+decoded into strictly typed structs (`decoders.Entry`, `decoders.PlainPrediction`), so that decoding is the whole
+check; any other file is decoded again as it is (`AnyEntry`, `AnyPrediction`) and judged record by record. Every
+msgspec decoder lives in `iadr1.eval.decoders`, beside the pydantic twin it answers to. When the decoder rejects
 a file, the file is read again through the pydantic schemas of `iadr1.data.schemas`, so the user sees the same
 one-line error (file, record, field) as everywhere in iadr1. Nothing is dropped without a word: an image key that
 appears twice in a test file, a reply (`raw`) that is not text and a `p_yes` that is NaN are errors, on both paths.
@@ -13,49 +14,50 @@ appears twice in a test file, a reply (`raw`) that is not text and a `p_yes` tha
 
 from __future__ import annotations
 
-import gc
 import itertools
 import mmap
 import os
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from iadr1.data.io import iter_jsonl, read_json, read_json_or_jsonl
+from iadr1.data.annotations import load_defects
+from iadr1.data.io import gc_paused, iter_records, read_json
+from iadr1.data.keys import NORMAL_SPECIE, KeyIndex, dataset_and_class, specie_of
 from iadr1.data.schemas import (
     OriginalAnswer,
     Prediction,
     TestEntry,
-    format_validation_error,
     load_test_file,
     validate_record,
 )
 from iadr1.errors import DataError
+from iadr1.eval import decoders
+from iadr1.eval.decoders import AnyEntry, AnyPrediction, PlainPrediction
+
+# `gc_paused` and `dataset_and_class` are imported from here by older callers (benchmarks/bench_eval.py).
+__all__ = [
+    "GroundTruth",
+    "Matched",
+    "Predictions",
+    "TestFileReader",
+    "dataset_and_class",
+    "gc_paused",
+    "load_ground_truth",
+    "load_predictions",
+    "match",
+    "positions",
+]
 
 LETTERS = ("A", "B", "E")  # code 0, 1, 2: yes (anomalous), no (normal), unanswered
 LETTER_CODE = {letter: i for i, letter in enumerate(LETTERS)}
 SHOW_FIRST = 5  # how many offending images a report names before "and N more"
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector: decoding a million records otherwise triggers hundreds of full
-    collections that scan every object made so far (measured: 2-4x slower). Nothing made here has cycles."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 @contextmanager
@@ -78,38 +80,18 @@ def _file_bytes(path: Path) -> Iterator[Any]:
 # ------------------------------------------------------------------------------------------------------------
 # Ground truth
 # ------------------------------------------------------------------------------------------------------------
-# A test file is decoded as `_Entry` first: the usual file, whose answers are all A or B (the schema's rule, decoded
-# as the constants "A" and "B": no string made per answer) and which carries no ground-truth location or type. Any
-# other file is decoded again as `_AnyEntry`, as it is, and judged record by record.
-#
-# msgspec keeps the last value of a key that appears twice, without a word (it has no option to refuse): a test image
-# would vanish. So every entry decoded, kept or not, is appended to `_DECODED` by `list.append` itself as the entry's
-# `__post_init__`: a C call, no Python frame (measured: within the noise of decoding a million entries, where a
-# Python `__post_init__` costs 50 ms). More entries decoded than keys kept means a repeated key.
-_DECODED: list[Any] = []
-_DECODED_LOCK = threading.Lock()  # one decode at a time uses `_DECODED`
+# A test file is decoded as `decoders.Entry` first: the usual file, whose answers are all A or B and which carries no
+# ground-truth location or type. Any other file is decoded again as `AnyEntry`, as it is, and judged record by record.
 
 
-class _Question(msgspec.Struct, gc=False):
-    Answer: Literal["A", "B"]
+@dataclass(frozen=True)
+class AnnotationMatch:
+    """How the images of one annotations file matched the test images (by `iadr1.data.keys.KeyIndex`)."""
 
-
-class _Entry(msgspec.Struct, gc=False):
-    conversation: tuple[_Question, ...]  # a tuple is one allocation, a list two
-    location: None = None
-    type: None = None
-    __post_init__ = _DECODED.append
-
-
-class _AnyQuestion(msgspec.Struct, gc=False):
-    Answer: Any = None
-
-
-class _AnyEntry(msgspec.Struct, gc=False):
-    conversation: tuple[_AnyQuestion, ...]
-    location: Any = None  # optional ground truth carried by the test file (e.g. the synthetic dataset)
-    type: Any = None
-    __post_init__ = _DECODED.append
+    file: str
+    n: int  # annotations read
+    matched: int  # of them naming a test image (in either key form)
+    unmatched_first: list[str]  # the first few that name none
 
 
 @dataclass
@@ -125,51 +107,45 @@ class GroundTruth:
     # Ground-truth defect location and type by image index, for anomalous images that carry them.
     defects: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
+    specie_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # int, index into `species`
+    species: list[str] = field(default_factory=list)  # defect kinds (`iadr1.data.keys.specie_of`)
+    annotation_matches: list[AnnotationMatch] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.images)
 
 
-def dataset_and_class(image: str) -> tuple[str, str]:
-    """Dataset and class of an image path, by the rules of `TestEntry.dataset` / `TestEntry.cls_name`."""
-    parts = image.split("/")
-    dataset = parts[0]
-    cls = parts[1] if len(parts) >= 3 and parts[1] not in ("test", "train") else parts[0]
-    return dataset, cls
-
-
-def _groups(images: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[str, str]]]:
-    """Dataset and class index per image. The rule runs once per folder, not once per image."""
+def _groups(
+    images: Sequence[str], anomalous: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[str, str]], np.ndarray, list[str]]:
+    """Dataset, class and specie index per image (`iadr1.data.keys`). The rules run once per folder, not once per
+    image."""
     # map() with C functions: no Python frame per image (a million images in a few tens of ms).
     folders = list(map(itemgetter(0), map(str.rpartition, images, itertools.repeat("/"))))
     folder_id = {f: i for i, f in enumerate(dict.fromkeys(folders))}
     codes = np.fromiter(map(folder_id.__getitem__, folders), np.int64, len(folders))
     datasets: dict[str, int] = {}
     classes: dict[tuple[str, str], int] = {}
+    species: dict[str, int] = {NORMAL_SPECIE: 0}  # normal images are `good`, whatever their folder
     folder_ds = np.empty(len(folder_id), np.int64)
     folder_cls = np.empty(len(folder_id), np.int64)
+    folder_sp = np.empty(len(folder_id), np.int64)  # the specie of a defective image in this folder
     for folder, i in folder_id.items():
-        ds, cls = dataset_and_class(f"{folder}/x") if folder else ("default", "default")
+        key = f"{folder}/x" if folder else "x"  # any image of the folder: the rules read folders only
+        ds, cls = dataset_and_class(key)
         folder_ds[i] = datasets.setdefault(ds, len(datasets))
         folder_cls[i] = classes.setdefault((ds, cls), len(classes))
-    return folder_ds[codes], folder_cls[codes], list(datasets), list(classes)
+        folder_sp[i] = species.setdefault(specie_of(key, True), len(species))
+    specie_idx = np.where(anomalous, folder_sp[codes], 0)
+    return folder_ds[codes], folder_cls[codes], list(datasets), list(classes), specie_idx, list(species)
 
 
 def _read_test_file(path: Path) -> tuple[list[str], list[Any], dict[str, tuple[str | None, str | None]]]:
     """Keys, first-question answers and ground-truth (location, type) by image of one test file; the schema's
     one-line error if bad."""
-    entries: dict[str, _Entry] | dict[str, _AnyEntry]
     try:
-        with _file_bytes(path) as data, gc_paused(), _DECODED_LOCK:
-            try:
-                try:
-                    entries = msgspec.json.decode(data, type=dict[str, _Entry])
-                except msgspec.ValidationError:  # not the usual file: read as it is, judged below
-                    _DECODED.clear()
-                    entries = msgspec.json.decode(data, type=dict[str, _AnyEntry])
-                n_decoded = len(_DECODED)
-            finally:
-                _DECODED.clear()
+        with _file_bytes(path) as data, gc_paused():
+            entries, n_decoded = decoders.decode_test_file(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         load_test_file(path)  # raises the schema's one-line error
         raise DataError(f"{path}: {e}") from None  # only if the schema accepts what msgspec refused
@@ -190,7 +166,7 @@ def _read_test_file(path: Path) -> tuple[list[str], list[Any], dict[str, tuple[s
         validate_record(TestEntry, read_json(path)[bad], path, bad)
         raise DataError(f"{path}: record {bad!r}: field 'conversation.0.Answer': expected 'A' or 'B'")
     defects: dict[str, tuple[str | None, str | None]] = {}
-    if isinstance(values[0], _AnyEntry):  # an `_Entry` has neither location nor type
+    if isinstance(values[0], AnyEntry):  # an `Entry` has neither location nor type
         locations = list(map(attrgetter("location"), values))
         types = list(map(attrgetter("type"), values))
         if locations.count(None) < len(keys) or types.count(None) < len(keys):
@@ -287,7 +263,9 @@ def load_ground_truth(
 
     Labels come from each image's answer (A anomalous, B normal); with `compat`, from the original rule
     instead: normal when "good" is in the path. Ground-truth defect `location`/`type` come from the test
-    entries' own fields, then from `annotations` files (which win). An image in two test files is an error.
+    entries' own fields, then from `annotations` files (which win), whose images may be named by meta path or by
+    test key (`iadr1.data.keys.KeyIndex`); `annotation_matches` says how many matched. An image in two test files
+    is an error.
     `reader`: the files already being read in the background (`TestFileReader.start(test_files)`).
     """
     if not test_files:
@@ -311,8 +289,6 @@ def load_ground_truth(
                 if k in seen:
                     raise DataError(f"image {k!r} is in two test files: {seen[k]} and {f}")
                 seen[k] = str(f)
-    for f in annotations:
-        defects_by_image.update(load_defect_annotations(f))
 
     if compat:
         has_good = map(str.__contains__, images, itertools.repeat("good"))
@@ -320,12 +296,28 @@ def load_ground_truth(
     else:
         # Every answer is "A" or "B" (checked when read): one character each, compared at once.
         anomalous = np.frombuffer("".join(answers).encode("ascii"), np.uint8) == ord("A")
-    dataset_idx, class_idx, datasets, classes = _groups(images)
+    dataset_idx, class_idx, datasets, classes, specie_idx, species = _groups(images, anomalous)
     defects: dict[int, tuple[str | None, str | None]] = {}
-    if defects_by_image:
+    matches: list[AnnotationMatch] = []
+    if defects_by_image or annotations:
         index = {k: i for i, k in enumerate(images)}
-        for k, v in defects_by_image.items():
-            i = index.get(k)
+        by_image = [(index.get(k), v) for k, v in defects_by_image.items()]
+        # Annotations name images by meta path or by test key (docs/convert.md, "Keys"): found in either form.
+        key_index = KeyIndex(index)
+        for f in annotations:
+            found: dict[str, str] = {}
+            unmatched: list[str] = []
+            for path, v in load_defects(f).items():
+                key = key_index.find(path)
+                if key is None:
+                    unmatched.append(path)
+                    continue
+                if key in found:
+                    raise DataError(f"{f}: {found[key]!r} and {path!r} are the same test image {key!r}")
+                found[key] = path
+                by_image.append((index[key], v))
+            matches.append(AnnotationMatch(str(f), len(found) + len(unmatched), len(found), unmatched[:SHOW_FIRST]))
+        for i, v in by_image:  # in order: a later file wins
             if i is not None and anomalous[i]:
                 defects[i] = v
     return GroundTruth(
@@ -337,6 +329,9 @@ def load_ground_truth(
         classes=classes,
         defects=defects,
         sources=[str(f) for f in test_files],
+        specie_idx=specie_idx,
+        species=species,
+        annotation_matches=matches,
     )
 
 
@@ -345,94 +340,8 @@ def _text_or_none(v: Any) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Annotations (ground-truth defect location and type)
-# ------------------------------------------------------------------------------------------------------------
-class DefectAnnotation(BaseModel):
-    """The part of an annotation record evaluation reads: which image, where the defect is, what kind it is.
-
-    Accepts the records of `iadr1.data.annotations` (which also carry `reasoning`, not needed here) and
-    records with `img_path` instead of `image`. Extra fields are ignored.
-    """
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True, str_strip_whitespace=True)
-
-    image: str = Field(min_length=1)
-    location: str | None = None
-    type: str | None = None
-
-    @field_validator("location", "type", mode="after")
-    @classmethod
-    def _empty_is_none(cls, v: str | None) -> str | None:
-        return v or None
-
-
-def _no_image(v: Any) -> bool:
-    return isinstance(v, dict) and "image" not in v and "img_path" not in v
-
-
-def load_defect_annotations(path: str | os.PathLike) -> dict[str, tuple[str | None, str | None]]:
-    """Read an annotations file (JSON Lines, a JSON list, or a JSON object keyed by image) into
-    `{image: (location, type)}`. A bad record is a one-line `DataError` naming file and record."""
-    path = Path(path)
-    if path.suffix == ".jsonl":
-        records: list[tuple[str, Any]] = [(f"line {n}", obj) for n, obj in iter_jsonl(path)]
-    else:
-        obj = read_json(path)
-        if isinstance(obj, dict):
-            # Keyed by image: the key fills `image` when the record has none.
-            records = [(k, {"image": k, **v} if _no_image(v) else v) for k, v in obj.items()]
-        elif isinstance(obj, list):
-            records = [(str(i), v) for i, v in enumerate(obj)]
-        else:
-            raise DataError(f"{path}: annotations are a JSON list, an object keyed by image, or JSON Lines")
-    out: dict[str, tuple[str | None, str | None]] = {}
-    for key, raw in records:
-        if isinstance(raw, dict) and "image" not in raw and "img_path" in raw:
-            raw = {**raw, "image": raw["img_path"]}
-        try:
-            ann = DefectAnnotation.model_validate(raw)
-        except ValidationError as e:
-            raise DataError(format_validation_error(path, key, e)) from None
-        if ann.image in out:  # which of the two is the truth is not ours to guess
-            raise DataError(f"{path}: record {key!r}: a second annotation for image {ann.image!r}")
-        out[ann.image] = (ann.location, ann.type)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------------------
 # Predictions
 # ------------------------------------------------------------------------------------------------------------
-class _AnyPrediction(msgspec.Struct, gc=False):
-    """A line of our predictions.jsonl or a record of the original's answers JSON: what eval reads of both."""
-
-    image: str
-    letter: Any = None
-    answer: Any = None
-    raw: Any = None
-    p_yes: Any = None
-    error: Any = None
-    gpt_answer: Any = None  # the original's format
-    correct_answer: Any = None
-    question_type: Any = None
-
-
-class _PlainPrediction(msgspec.Struct, gc=False):
-    """A line of `iadr1 infer`'s predictions.jsonl in the common case, typed so strictly that decoding it is the
-    whole check: a valid letter, a string (or no) reply, a number (or no) `p_yes`, and none of the original's
-    fields, which would call for a per-record decision. A file with any other record fails validation at that
-    record and is read again, as `_AnyPrediction`, by the general path (whose rules and messages stay the only
-    ones). `p_yes` keeps ints as ints, so a bad value is quoted as written."""
-
-    image: str
-    letter: Literal["A", "B", "E"]
-    raw: str | None = None
-    p_yes: float | int | None = None
-    error: str | None = None  # kept: unreadable images are common enough not to leave the fast path
-    gpt_answer: None = None
-    correct_answer: None = None
-    question_type: None = None
-
-
 @dataclass
 class Predictions:
     """Predictions of one or more files, as parallel lists (one entry per record)."""
@@ -456,20 +365,14 @@ _PREDICTION_UNIQUE_KEYS = False
 
 def _slow_validate(path: Path) -> None:
     """Re-read a file through the pydantic schemas to raise their one-line error naming the record."""
-    items: Iterator[tuple[str, Any]]
-    if path.suffix == ".jsonl":
-        items = ((f"line {n}", obj) for n, obj in iter_jsonl(path, unique_keys=_PREDICTION_UNIQUE_KEYS))
-    else:
-        records = read_json_or_jsonl(path, unique_keys=_PREDICTION_UNIQUE_KEYS)
-        items = ((str(i), obj) for i, obj in enumerate(records))
-    for key, obj in items:
+    for key, obj in iter_records(path, unique_keys=_PREDICTION_UNIQUE_KEYS):
         model = OriginalAnswer if isinstance(obj, dict) and "gpt_answer" in obj else Prediction
-        validate_record(model, obj, path, key)
-        rec = msgspec.convert(obj, _AnyPrediction)  # raises if the schema is looser than what eval needs
-        _record_letter(rec, path, key)
+        validate_record(model, obj, path, str(key))
+        rec = msgspec.convert(obj, AnyPrediction)  # raises if the schema is looser than what eval needs
+        _record_letter(rec, path, str(key))
 
 
-def _record_letter(rec: _AnyPrediction, path: Path, key: str) -> tuple[str, str | None]:
+def _record_letter(rec: AnyPrediction, path: Path, key: str) -> tuple[str, str | None]:
     """(letter, raw reply) of one record whose letter needs a decision; an unknown label, or a reply that is not
     text, names the record."""
     from iadr1.answers import parse
@@ -505,29 +408,25 @@ def _record_letter(rec: _AnyPrediction, path: Path, key: str) -> tuple[str, str 
     return (parse(raw).letter if raw else "E"), raw
 
 
-def _decode_plain(path: Path) -> list[_PlainPrediction] | None:
-    """The file's records as `_PlainPrediction`, or None when one of them is not plain (or the file is not JSON:
+def _decode_plain(path: Path) -> list[PlainPrediction] | None:
+    """The file's records as `PlainPrediction`, or None when one of them is not plain (or the file is not JSON:
     the general path reports it)."""
     try:
         with _file_bytes(path) as data, gc_paused():
-            if path.suffix == ".jsonl":
-                return msgspec.json.Decoder(_PlainPrediction).decode_lines(data)
-            return msgspec.json.decode(data, type=list[_PlainPrediction])
+            return decoders.decode_predictions(data, path.suffix == ".jsonl", plain=True)  # type: ignore[return-value]
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
 
 
-def _decode_predictions(path: Path) -> list[_AnyPrediction]:
+def _decode_predictions(path: Path) -> list[AnyPrediction]:
     try:
         with _file_bytes(path) as data, gc_paused():
-            if path.suffix == ".jsonl":
-                return msgspec.json.Decoder(_AnyPrediction).decode_lines(data)
-            return msgspec.json.decode(data, type=list[_AnyPrediction])
+            return decoders.decode_predictions(data, path.suffix == ".jsonl", plain=False)  # type: ignore[return-value]
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         _slow_validate(path)
-        if path.suffix == ".jsonl":  # a torn last line (killed writer) is skipped, as iter_jsonl does
-            good = [obj for _, obj in iter_jsonl(path, unique_keys=_PREDICTION_UNIQUE_KEYS)]
-            return [msgspec.convert(o, _AnyPrediction) for o in good]
+        if path.suffix == ".jsonl":  # a torn last line (killed writer) is skipped, as iter_records does
+            good = [obj for _, obj in iter_records(path, unique_keys=_PREDICTION_UNIQUE_KEYS)]
+            return [msgspec.convert(o, AnyPrediction) for o in good]
         raise DataError(f"{path}: {e}") from None
 
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 
+from iadr1.data.io import gc_paused
 from iadr1.eval import metrics as M
 from iadr1.eval.load import (
     SHOW_FIRST,
     GroundTruth,
     Matched,
     TestFileReader,
-    gc_paused,
     load_ground_truth,
     load_predictions,
     match,
@@ -37,6 +37,11 @@ class EvalResult:
     matched: Matched
     consistent: np.ndarray  # int8 per image: 1, 0, or -1 without a reply
     notes: list[str] = field(default_factory=list)
+    # Per image: location / type right (1.0), wrong (0.0), or not judged (NaN); see `_type_location`.
+    location_ok: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    type_ok: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # Inputs that look like a mistake (annotations or predictions that name no test image): one line each.
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"datasets": self.datasets, "average": self.average, "run": self.run}
@@ -154,7 +159,7 @@ def _average(per_dataset: list[dict[str, Any]], ba_reps: np.ndarray | None) -> d
     if not per_dataset:
         return avg
     for k in per_dataset[0]:
-        if k in ("classes", "confusion", "ci95"):
+        if k in ("classes", "species", "confusion", "ci95"):
             continue
         vals = [d[k] for d in per_dataset]
         if k.startswith("n"):
@@ -169,6 +174,43 @@ def _average(per_dataset: list[dict[str, Any]], ba_reps: np.ndarray | None) -> d
             lo_hi = M.percentile_interval(np.nanmean(ba_reps, axis=0))
         avg["ci95"] = {"balanced_accuracy": [_num(lo_hi[0]), _num(lo_hi[1])]}
     return avg
+
+
+def per_specie(result: EvalResult) -> dict[str, dict[str, dict[str, Any]]]:
+    """Results per dataset and defect kind: `{dataset: {specie: {n, n_right, accuracy, location_accuracy,
+    type_accuracy, n_location_judged, n_type_judged}}}`, `good` (the normal images) first, then by name.
+
+    The specie of an image is `iadr1.data.keys.specie_of` (the folder under `test/` of its key, `good` for a normal
+    image). `accuracy`: percent of the specie's images answered right (yes for a defect, no for `good`); unanswered
+    counts as wrong. Location and type accuracy as the dataset's (judged on true positives with ground truth), None
+    for `good` and where nothing was judged.
+    """
+    gt, m = result.gt, result.matched
+    n_sp = len(gt.species)
+    group = gt.dataset_idx * n_sp + gt.specie_idx
+    size = len(gt.datasets) * n_sp
+    right = np.where(gt.anomalous, m.letter_code == M.YES, m.letter_code == M.NO)
+    n = np.bincount(group, minlength=size)
+    n_right = np.bincount(group, weights=right, minlength=size)
+    judged = []
+    for a in (result.location_ok, result.type_ok):
+        ok = ~np.isnan(a) if len(a) else np.zeros(len(gt), bool)
+        judged.append((np.bincount(group[ok], weights=a[ok], minlength=size), np.bincount(group[ok], minlength=size)))
+    order = [0, *sorted(range(1, n_sp), key=gt.species.__getitem__)]
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for di in sorted(range(len(gt.datasets)), key=gt.datasets.__getitem__):
+        rows: dict[str, dict[str, Any]] = {}
+        for si in order:
+            g = di * n_sp + si
+            if not n[g]:
+                continue
+            d: dict[str, Any] = {"n": int(n[g]), "n_right": int(n_right[g]), "accuracy": _num(n_right[g] / n[g] * 100)}
+            for name, (ok_sum, ok_n) in zip(("location", "type"), judged, strict=True):
+                d[f"{name}_accuracy"] = _num(ok_sum[g] / ok_n[g] * 100) if ok_n[g] else None
+                d[f"n_{name}_judged"] = int(ok_n[g])
+            rows[gt.species[si]] = d
+        out[gt.datasets[di]] = rows
+    return out
 
 
 def evaluate(
@@ -255,6 +297,7 @@ def _evaluate(
             f"{matched.n_label_disagreements} original record(s) whose correct_answer differs from the "
             f"{'path rule' if compat else 'test file'}; the {'path rule' if compat else 'test file'} is used"
         )
+    warnings = _input_warnings(gt, matched, n_predictions)
     run = {
         "name": name,
         "test_files": [str(f) for f in test_files],
@@ -269,8 +312,30 @@ def _evaluate(
         "unknown": {"count": n_unknown, "first": matched.unknown[:SHOW_FIRST]},
         "errors": matched.n_error,
         "notes": notes,
+        "warnings": warnings,
     }
-    return EvalResult(datasets, average, run, gt, matched, consistent, notes)
+    result = EvalResult(datasets, average, run, gt, matched, consistent, notes, loc, typ, warnings)
+    for ds, species in per_specie(result).items():
+        datasets[ds]["species"] = species
+    return result
+
+
+def _input_warnings(gt: GroundTruth, matched: Matched, n_predictions: int) -> list[str]:
+    """One line per input none of whose images is a test image: a key-convention mistake, not a few strays
+    (docs/convert.md, "Keys")."""
+    like = f"test images look like {gt.images[0]!r}" if len(gt) else "there are no test images"
+    out = [
+        f"none of the {a.n} annotations in {a.file} match a test image (first: {a.unmatched_first[0]!r}; {like}): "
+        "no location or type is judged from it"
+        for a in gt.annotation_matches
+        if a.n and not a.matched
+    ]
+    if n_predictions and len(matched.unknown) == n_predictions:
+        out.append(
+            f"none of the {n_predictions} predictions match a test image (first: {matched.unknown[0]!r}; {like}): "
+            "every test image is scored unanswered"
+        )
+    return out
 
 
 def _first(items: list[str]) -> str:

@@ -193,3 +193,22 @@ def rich_table(result: EvalResult):
         t.add_section()
         row("Average", result.average, style="bold")
     return t
+
+
+def species_table(result: EvalResult):
+    """Accuracy per defect kind (`pipeline.per_specie`) for the terminal, or None when no dataset has a defect kind
+    besides `defect` (nothing a folder names: the dataset table says it all)."""
+    from rich import box
+    from rich.table import Table
+
+    rows = [(ds, sp, d) for ds, dd in result.datasets.items() for sp, d in dd.get("species", {}).items()]
+    if not any(sp not in ("good", "defect") for _, sp, _ in rows):
+        return None
+    t = Table(title="per defect type (rates in %)", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    t.add_column("dataset", no_wrap=True)
+    t.add_column("type", no_wrap=True)
+    for col in ("images", "accuracy", "location", "type acc."):
+        t.add_column(col, justify="right", no_wrap=True)
+    for ds, sp, d in rows:
+        t.add_row(ds, sp, str(d["n"]), _fmt(d["accuracy"]), _fmt(d["location_accuracy"]), _fmt(d["type_accuracy"]))
+    return t

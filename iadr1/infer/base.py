@@ -2,18 +2,21 @@
 
 A backend turns `Request`s (text segments with image slots, plus the image files) into `Result`s, yielding each
 result as soon as it is ready so that the runner can append it to disk at once. Backends never see unreadable
-images: the runner checks every image first and records the problem itself.
+images: the runner checks every image first and records the problem itself. The local backends size images
+with training's rule (`iadr1.models.loading.fit_image`) at the cap `resolve_max_pixels` picks.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from iadr1.errors import ConfigError
 from iadr1.prompts import PromptStyle
 
 
@@ -64,8 +67,8 @@ class Backend(ABC):
     """An inference engine. Use as a context manager; `generate` yields (request, result) as results arrive."""
 
     name: str = "backend"
-    # One-line notes for the user about settings the backend chose itself (vLLM's max_model_len); the runner
-    # passes them on to the run's output.
+    # One-line notes for the user about settings the backend chose itself (vLLM's max_model_len, the image cap
+    # saved with the model); the runner passes them on to the run's output.
     notes: tuple[str, ...] = ()
 
     @abstractmethod
@@ -80,6 +83,53 @@ class Backend(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The image cap: the one the model was trained with, unless one is given
+# ---------------------------------------------------------------------------------------------------------------
+_CHECKPOINT = re.compile(r"checkpoint-\d+")
+
+
+def trained_max_pixels(model_path: str | os.PathLike) -> tuple[int, Path] | None:
+    """(cap, file) for a checkpoint trained by iadr1: `max_pixels` of the `iadr1_config.yaml` that `iadr1 sft` and
+    `grpo` save beside the weights (for a `checkpoint-N` folder, in the run folder above it); None for any other
+    checkpoint. A cap that is not a positive integer is a `ConfigError` naming the file."""
+    from iadr1.config import read_yaml
+    from iadr1.train.config import CONFIG_FILENAME
+
+    folder = Path(model_path)
+    candidates = [folder / CONFIG_FILENAME]
+    if _CHECKPOINT.fullmatch(folder.name):  # saved mid-run: the run's config is in the output folder above
+        candidates.append(folder.parent / CONFIG_FILENAME)
+    for path in candidates:
+        if not path.is_file():
+            continue
+        value = read_yaml(path).get("max_pixels")
+        if value is None:
+            return None  # a config that records no cap: the model's size rule is unknown, as for a hub checkpoint
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{path}: max_pixels must be a positive integer, got {value!r}")
+        return value, path
+    return None
+
+
+def resolve_max_pixels(model_path: str | os.PathLike, max_pixels: int | None) -> tuple[int | None, str | None]:
+    """The image cap a local backend uses, and a line for the run's output when it is not simply the one given.
+
+    A given `max_pixels` wins. Else the cap the model was trained with (`trained_max_pixels`), so that inference
+    sees the pixels training saw; else None: the processor's own limits, as before for checkpoints not trained
+    by iadr1 (published checkpoints give the published results).
+    """
+    trained = trained_max_pixels(model_path) if Path(model_path).is_dir() else None
+    if trained is None:
+        return max_pixels, None
+    cap, path = trained
+    if max_pixels is None:
+        return cap, f"max_pixels {cap}: the image cap this model was trained with ({path}; --max-pixels to change)"
+    if max_pixels != cap:
+        return max_pixels, f"max_pixels {max_pixels} (--max-pixels), not the {cap} this model was trained with ({path})"
+    return max_pixels, None
 
 
 # ---------------------------------------------------------------------------------------------------------------

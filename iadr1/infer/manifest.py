@@ -2,9 +2,10 @@
 whether a run may add to an output folder.
 
 Every setting that changes answers is recorded (`run_settings`): the model (its path, the SHA-256 of its
-config.json, the names and sizes of its weight files), the decoding options, the image size, the prompt, the shots
-and the test file's SHA-256. A run adds to a folder only if every predictions file already there was made with the
-same settings; otherwise it stops with one line naming what differs (`check_folder`), unless told to start over.
+config.json, the names and sizes of its weight files), the decoding options, the image cap actually used (the one
+given, else the one the model was trained with), the prompt, the shots and the test file's SHA-256. A run adds to
+a folder only if every predictions file already there was made with the same settings; otherwise it stops with
+one line naming what differs (`check_folder`), unless told to start over.
 Settings that do not change answers (batch size, concurrency, limit, device, shards, the vLLM engine's memory
 options) are recorded in `config` but never compared, so they may change between runs.
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from iadr1.data.io import atomic_write_json, file_sha256, read_json
 from iadr1.errors import ConfigError, DataError
+from iadr1.infer.base import resolve_max_pixels
 
 if TYPE_CHECKING:
     from iadr1.infer.runner import InferConfig
@@ -76,15 +78,17 @@ def run_settings(cfg: InferConfig, test_file_sha256: str) -> dict[str, Any]:
         "model_weights": model_weights(folder) if on_disk else None,
         "test_file_sha256": test_file_sha256,
         "prompt_style": cfg.prompt_style,
-        "system_prompt": cfg.system_prompt,
+        "grammar_prompt": cfg.grammar_prompt,
         "shots": cfg.shots,
-        "templates": cfg.templates if cfg.shots else None,
+        "template_kind": cfg.template_kind if cfg.shots else None,
         "max_new_tokens": opts.max_new_tokens,
         "temperature": opts.temperature,
         "top_p": opts.top_p if sampling else None,
         "seed": opts.seed if sampling else None,
         "dtype": cfg.dtype if local else None,
-        "max_pixels": cfg.max_pixels if local else None,
+        # The cap the backend will use (`resolve_max_pixels`): a run that defaults to the model's training cap and
+        # one that names the same cap see the same pixels; None is the processor's own limits.
+        "max_pixels": resolve_max_pixels(folder, cfg.max_pixels)[0] if local else None,
         "max_side": (cfg.max_side or None) if not local else None,
         "base_url": cfg.base_url if not local else None,
     }

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from iadr1.answers import parse
 from iadr1.data.io import JsonlAppender, atomic_write_jsonl, check_image, file_sha256, iter_jsonl
@@ -52,43 +52,59 @@ class InferConfig(BaseModel):
     test_file: Path = Field(description="Benchmark test file (MMAD style JSON).")
     image_root: Path = Field(description="Folder that the test file's image paths are relative to.")
     out: Path = Field(description="Output folder for predictions*.jsonl and the run manifest.")
-    backend: BackendName = "transformers"
+    backend: BackendName = Field("transformers", description="vllm, transformers or openai.")
     shots: int = Field(0, ge=0, le=MAX_IMAGES_PER_PROMPT - 1, description="K normal reference images per prompt.")
-    templates: Literal["random", "similar"] = "random"
-    prompt_style: PromptStyle = "iadr1"
-    system_prompt: bool = Field(False, description="Add the system prompt stating the output grammar.")
+    # `templates` and `system_prompt` were the names until 0.2 (a count in convert, a text in training): still read.
+    template_kind: Literal["random", "similar"] = Field(
+        "random",
+        validation_alias=AliasChoices("template_kind", "templates"),
+        description="Where the K references come from: the test file's random or similar templates.",
+    )
+    prompt_style: PromptStyle = Field(
+        "iadr1", description="iadr1 (trained, tags), baseline (yes/no), api, anomaly_r1 (letter)."
+    )
+    grammar_prompt: bool = Field(
+        False,
+        validation_alias=AliasChoices("grammar_prompt", "system_prompt"),
+        description="Add the system prompt stating the output grammar (off as published).",
+    )
     limit: int | None = Field(None, ge=1, description="Only the first N images of the test file.")
-    shard: int = Field(0, ge=0)
-    num_shards: int = Field(1, ge=1)
+    shard: int = Field(0, ge=0, description="This job's shard index I (0-based): every N-th image from I.")
+    num_shards: int = Field(1, ge=1, description="Number of shards N.")
     max_new_tokens: int | None = Field(None, ge=1, description="Default 512 (openai: 600, as published).")
-    temperature: float = Field(0.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int = 0
-    logprobs: bool | None = Field(None, description="Compute P(yes). Default: on for vllm/transformers.")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling (when temperature > 0).")
+    seed: int = Field(0, description="Seed of sampling and of the back-off jitter.")
+    logprobs: bool | None = Field(None, description="Record P(yes). Default: on for vllm/transformers.")
     # transformers
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="transformers: requests per generate call.")
     dtype: Literal["auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"] = Field(
         "auto", description="auto: bf16 on CUDA, fp32 on CPU (vllm: the checkpoint's own on CPU)."
     )
-    device: str | None = None
-    max_pixels: int | None = Field(None, ge=28 * 28, description="Image pixel cap (Qwen families).")
+    device: str | None = Field(None, description="transformers: cuda, cuda:1, cpu (default: auto).")
+    max_pixels: int | None = Field(
+        None,
+        ge=28 * 28,
+        description="Image pixel cap (vllm, transformers). Default: the model's training cap (iadr1_config.yaml), "
+        "else the processor's own.",
+    )
     # vllm
-    tensor_parallel_size: int = Field(1, ge=1)
-    data_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs per model.")
+    data_parallel_size: int = Field(1, ge=1, description="vllm: model replicas.")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vllm: share of GPU memory to use.")
     max_model_len: int | None = Field(
         None, ge=256, description="vllm: context length. Default: the model's own (config.json), at most 8192."
     )
-    enforce_eager: bool = False
+    enforce_eager: bool = Field(False, description="vllm: no CUDA graphs / compilation (faster start).")
     enable_prefix_caching: bool = True
     queue_size: int = Field(1024, ge=1)
     vllm_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vllm.LLM keyword arguments.")
     # openai
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = Field(8, ge=1)
-    timeout_s: float = Field(60.0, gt=0)
-    retries: int = Field(5, ge=0)
+    base_url: str | None = Field(None, description="openai: endpoint, e.g. http://127.0.0.1:8000/v1.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: NAME of the environment variable holding the key.")
+    concurrency: int = Field(8, ge=1, description="openai: requests in flight.")
+    timeout_s: float = Field(60.0, gt=0, description="openai: seconds per request.")
+    retries: int = Field(5, ge=0, description="openai: retries on 429/5xx/refusals.")
     backoff_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(60.0, ge=0)
     max_side: int | None = Field(512, ge=0, description="Resize images to fit this side (openai; 0: never).")
@@ -124,32 +140,12 @@ def predictions_path(out: str | os.PathLike, shard: int = 0, num_shards: int = 1
 
 
 def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> InferConfig:
-    """Read a YAML (or JSON) config and apply overrides (None values are ignored); one-line errors."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        import yaml
+    """Read a YAML (or JSON) config and apply overrides (None values are ignored); one-line errors
+    (`iadr1.config`, the one config reader)."""
+    from iadr1.config import load_layers, read_yaml
 
-        p = Path(path)
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: malformed YAML ({str(e).splitlines()[0]})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: a config file is a mapping of option: value")
-        data = {str(k).replace("-", "_"): v for k, v in (loaded or {}).items()}
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return InferConfig.model_validate(data)
-    except ValidationError as e:
-        where = f"{path}: " if path else ""
-        errors = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")  # typos first
-        err = errors[0]
-        loc = ".".join(str(x) for x in err["loc"]) or "config"
-        if err["type"] == "extra_forbidden":
-            raise ConfigError(f"{where}unknown option {loc!r}") from None
-        raise ConfigError(f"{where}option {loc!r}: {err['msg']}".replace("Value error, ", "")) from None
+    layers = [(str(path), read_yaml(path))] if path is not None else []
+    return load_layers(InferConfig, layers, overrides)
 
 
 class InferenceSummary(BaseModel):
@@ -209,9 +205,9 @@ def select_entries(entries: dict[str, TestEntry], limit: int | None, shard: int,
 
 def build_request(key: str, entry: TestEntry, cfg: InferConfig) -> Request | str:
     """The request for one test image, or a one-line description of why it cannot be made."""
-    refs = entry.random_templates if cfg.templates == "random" else entry.similar_templates
+    refs = entry.random_templates if cfg.template_kind == "random" else entry.similar_templates
     if len(refs) < cfg.shots:
-        return f"{cfg.shots}-shot needs {cfg.shots} {cfg.templates}_templates, the test file has {len(refs)}"
+        return f"{cfg.shots}-shot needs {cfg.shots} {cfg.template_kind}_templates, the test file has {len(refs)}"
     paths: list[Path] = []
     for i, rel in enumerate([*refs[: cfg.shots], entry.image_path]):
         role = "query image" if i == cfg.shots else f"reference image {rel}"
@@ -227,7 +223,7 @@ def build_request(key: str, entry: TestEntry, cfg: InferConfig) -> Request | str
         key=key,
         segments=tuple(inference_segments(cfg.shots, cfg.prompt_style)),
         images=tuple(paths),
-        system=GRAMMAR_SYSTEM_PROMPT if cfg.system_prompt else None,
+        system=GRAMMAR_SYSTEM_PROMPT if cfg.grammar_prompt else None,
     )
 
 
@@ -334,7 +330,7 @@ def run_inference(
     config: InferConfig | None = None,
     *,
     engine: Backend | None = None,
-    progress: bool = True,
+    on_progress: Callable[[str, int, int | None, str], None] | None = None,
     overwrite: bool = False,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     on_message: Callable[[str], None] | None = None,
@@ -350,7 +346,9 @@ def run_inference(
     `engine` reuses an already constructed backend (the demo, tests); otherwise the configured one is built, and
     only if some image is left to answer. A folder holding predictions made with other answer-changing settings
     is a `ConfigError`, unless `overwrite` (start over: this file and files of other settings are removed).
-    `on_message` receives the run's one-line notes (resuming, nothing to do, settings a backend chose).
+    `on_message` receives the run's one-line notes (resuming, nothing to do, settings a backend chose);
+    `on_progress("infer", done, total, info)` is called as images are answered (the CLI draws the bar; `info` is
+    the rate in images/s).
     """
     cfg = config if config is not None else load_config(None, **options)
     t_start = time.perf_counter()
@@ -386,7 +384,15 @@ def run_inference(
     n_correct = n_scored = 0
     first_error: str | None = None
 
-    with JsonlAppender(out_path) as sink, _progress(progress, len(todo)) as advance:
+    t_loop = time.perf_counter()
+
+    def advance() -> None:
+        if on_progress is not None:
+            n = counts["written"]
+            rate = n / max(time.perf_counter() - t_loop, 1e-9)
+            on_progress("infer", n, len(todo), f"{rate:.2f} img/s")
+
+    with JsonlAppender(out_path) as sink:
 
         def write(key: str, result: Result) -> None:
             nonlocal n_correct, n_scored, first_error
@@ -451,51 +457,6 @@ def run_inference(
 def _chain(first: Request, rest: Iterator[Request]) -> Iterator[Request]:
     yield first
     yield from rest
-
-
-class _progress:
-    """A rich progress bar with images/s, or a no-op; the context value is the `advance()` callable."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total, self._p = enabled, total, None
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled or self.total == 0:
-            return lambda: None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            ProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        from rich.text import Text
-
-        class _Rate(ProgressColumn):
-            def render(self, task: Any) -> Text:
-                speed = task.finished_speed or task.speed
-                return Text(f"{speed:.2f} img/s" if speed else "-- img/s", style="cyan")
-
-        self._p = Progress(
-            TextColumn("[bold]infer"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            _Rate(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._p.start()
-        task = self._p.add_task("infer", total=self.total)
-        return lambda: self._p.advance(task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._p is not None:
-            self._p.stop()
 
 
 __all__ = [

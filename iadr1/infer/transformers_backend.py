@@ -1,8 +1,12 @@
 """Inference with transformers: batched `generate` with left padding, on any device (CPU, CUDA, MPS).
 
 The prompts are exactly the vLLM backend's (the same chat template through `render_prompt`), so greedy fp32
-completions agree token for token (tested). P(yes) is exact here: the softmax mass of every yes-token of the
-vocabulary (" Yes", "yes", ...) against every no-token, at the step where the answer word starts.
+completions agree token for token (tested). Images are sized by training's rule at the cap the model was trained
+with (`resolve_max_pixels`), and the processor is the checkpoint's, unchanged, as in training: for an
+iadr1-trained model the pixel values equal training's (tested).
+
+P(yes) is exact here: the softmax mass of every yes-token of the vocabulary (" Yes", "yes", ...) against every
+no-token, at the step where the answer word starts.
 """
 
 from __future__ import annotations
@@ -11,14 +15,31 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from itertools import islice
+from typing import TYPE_CHECKING
 
 from iadr1.data.io import load_rgb
-from iadr1.infer.base import Backend, GenerationOptions, Request, Result, answer_position, normalize_piece
-from iadr1.models.loading import load_model, load_processor, render_prompt
+from iadr1.infer.base import (
+    Backend,
+    GenerationOptions,
+    Request,
+    Result,
+    answer_position,
+    normalize_piece,
+    resolve_max_pixels,
+)
+from iadr1.models.loading import fit_image, image_factor, load_model, load_processor, render_prompt
+from iadr1.models.registry import family_of
+
+if TYPE_CHECKING:
+    from transformers import BatchFeature
 
 
 class TransformersBackend(Backend):
-    """`model.generate` over batches of `batch_size` requests (left-padded)."""
+    """`model.generate` over batches of `batch_size` requests (left-padded).
+
+    `max_pixels=None` takes the cap the model was trained with, if iadr1 trained it (`self.notes` says so), else
+    the processor's own limits; `self.max_pixels` is the cap used.
+    """
 
     name = "transformers"
 
@@ -39,7 +60,10 @@ class TransformersBackend(Backend):
         self.options = options or GenerationOptions()
         self.batch_size = max(1, int(batch_size))
         set_seed(self.options.seed)
-        self.processor = load_processor(model_path, max_pixels=max_pixels)
+        self.max_pixels, note = resolve_max_pixels(model_path, max_pixels)
+        self.notes = (note,) if note else ()
+        self.processor = load_processor(model_path)
+        self.image_factor = image_factor(family_of(model_path), self.processor)
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
         self.model = load_model(model_path, dtype=dtype, device=device, **extra)
         self.device = self.model.device
@@ -78,15 +102,21 @@ class TransformersBackend(Backend):
         return p_yes / (p_yes + p_no) if p_yes + p_no > 0 else None
 
     # --- generation --------------------------------------------------------------------------------------------
-    def _run_batch(self, batch: list[Request]) -> list[Result]:
+    def inputs(self, batch: list[Request]) -> BatchFeature:
+        """The model inputs of a batch (token ids, pixel values, image grids), on the model's device and dtype."""
         torch = self._torch
-        t0 = time.perf_counter()
         prompts = [render_prompt(self.processor, list(r.segments), r.system) for r in batch]
-        images = [[load_rgb(p) for p in r.images] for r in batch]
+        images = [[fit_image(load_rgb(p), self.max_pixels, self.image_factor) for p in r.images] for r in batch]
         inputs = self.processor(text=prompts, images=images, return_tensors="pt", padding=True).to(self.device)
         for k, v in inputs.items():  # pixel values come as fp32; the vision tower runs in the model dtype
             if torch.is_tensor(v) and v.is_floating_point():
                 inputs[k] = v.to(self.dtype)
+        return inputs
+
+    def _run_batch(self, batch: list[Request]) -> list[Result]:
+        torch = self._torch
+        t0 = time.perf_counter()
+        inputs = self.inputs(batch)
         opts = self.options
         sampling = {"do_sample": True, "temperature": opts.temperature, "top_p": opts.top_p}
         with torch.inference_mode():

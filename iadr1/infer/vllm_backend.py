@@ -7,6 +7,8 @@ memory on large test sets (decoded images), at most `queue_size` requests are qu
 as results come out, so the engine never runs dry.
 
 Prompts come from the checkpoint's own chat template (`render_prompt`), exactly as in the transformers backend.
+Images are sized the same way too, by training's rule at the cap the model was trained with; vLLM's processor,
+loaded from the checkpoint as in SC-GRPO's vLLM rollouts, then leaves them as they are.
 P(yes) comes from the top-20 logprobs at the answer position (a yes/no token outside the top 20 counts as 0).
 
 `max_model_len` defaults to the model's own context length, at most 8192: vLLM refuses a longer one with a
@@ -28,8 +30,8 @@ from typing import Any
 
 from iadr1.data.io import load_rgb, read_json
 from iadr1.errors import ConfigError, DataError
-from iadr1.infer.base import Backend, GenerationOptions, Request, Result, p_yes_from_steps
-from iadr1.models.loading import load_processor, render_prompt
+from iadr1.infer.base import Backend, GenerationOptions, Request, Result, p_yes_from_steps, resolve_max_pixels
+from iadr1.models.loading import fit_image, image_factor, load_processor, render_prompt
 from iadr1.models.registry import family_of, read_model_config, read_model_type
 
 TOP_LOGPROBS = 20  # vLLM's default cap on returned logprobs
@@ -130,7 +132,9 @@ class VLLMBackend(Backend):
     """`vllm.LLM` with the whole request list queued; greedy by default; bf16 on GPU.
 
     `max_model_len=None` takes the model's own context length, at most 8192 (`self.max_model_len`; `self.notes`
-    says so). A failed engine start is a one-line `ConfigError` naming the setting to change.
+    says so). `max_pixels=None` takes the cap the model was trained with, if iadr1 trained it (`self.notes` says
+    so), else the processor's own limits (`self.max_pixels`). A failed engine start is a one-line `ConfigError`
+    naming the setting to change.
     """
 
     name = "vllm"
@@ -165,6 +169,7 @@ class VLLMBackend(Backend):
         self.queue_size = max(1, int(queue_size))
         path = Path(model_path)
         family = family_of(path)
+        self.max_pixels, pixels_note = resolve_max_pixels(path, max_pixels)
         if read_model_type(path) == "internvl_chat":
             # Remote-code InternVL (OpenGVLab/InternVL2_5-*): no transformers processor; vLLM's own InternVL
             # processor expands `<image>` markers in a prompt made with the tokenizer's chat template.
@@ -173,8 +178,9 @@ class VLLMBackend(Backend):
             self.processor = None
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
         else:
-            self.processor = load_processor(path, max_pixels=max_pixels)
+            self.processor = load_processor(path)
             self.tokenizer = self.processor.tokenizer
+        self.image_factor = image_factor(family, self.processor)
         kwargs: dict[str, Any] = {
             "model": str(path),
             "dtype": _vllm_dtype(dtype),
@@ -187,12 +193,15 @@ class VLLMBackend(Backend):
         }
         if int(data_parallel_size) > 1:
             kwargs["data_parallel_size"] = int(data_parallel_size)
+        notes: list[str] = []
         if max_model_len is None and "max_model_len" not in engine_kwargs:
             max_model_len, note = default_max_model_len(path)
-            self.notes = (note,)
+            notes.append(note)
+        if pixels_note:
+            notes.append(pixels_note)
+        self.notes = tuple(notes)
         kwargs["max_model_len"] = max_model_len
-        if max_pixels and family.name in ("qwen2_vl", "qwen2_5_vl"):
-            kwargs["mm_processor_kwargs"] = {"max_pixels": int(max_pixels)}
+        # No processor cap (mm_processor_kwargs): images come sized by training's rule, which vLLM's processor keeps.
         if kv_cache_memory_bytes:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes)
         kwargs.update(family.vllm_options)
@@ -219,7 +228,7 @@ class VLLMBackend(Backend):
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:
             text = render_prompt(self.processor, list(r.segments), r.system)
-        images = [load_rgb(p) for p in r.images]
+        images = [fit_image(load_rgb(p), self.max_pixels, self.image_factor) for p in r.images]
         return {"prompt": text, "multi_modal_data": {"image": images}}
 
     def _result(self, out: Any, t0: float) -> Result:

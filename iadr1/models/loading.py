@@ -1,11 +1,17 @@
-"""Load a processor and a model of any registered family, render prompts through the family's chat template,
-and freeze the vision side for PA-SFT.
+"""Load a processor and a model of any registered family, size images, render prompts through the family's
+chat template, and freeze the vision side for PA-SFT.
+
+The image size has one rule (`fit_image`), used by training's dataset and by the local inference backends: an
+image is cut to at most `max_pixels`, with sides on the processor's patch grid for the dynamic-resolution
+families, so every processor built from the checkpoint (transformers', vLLM's) leaves it as it is and all of
+them see the same pixels.
 
 Checkpoints are local folders (`save_pretrained` output): this project never loads a model by hub name.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -16,6 +22,7 @@ from iadr1.models.registry import Family, family_of
 
 if TYPE_CHECKING:
     import torch
+    from PIL.Image import Image
     from transformers import PreTrainedModel
 
 
@@ -67,6 +74,60 @@ def _set_pixel_bounds(processor: Any, min_pixels: int | None, max_pixels: int | 
         lo = int(min_pixels) if min_pixels is not None else int(get("shortest_edge") or 0)
         hi = int(max_pixels) if max_pixels is not None else int(get("longest_edge"))
         ip.size = SizeDict(shortest_edge=min(lo, hi), longest_edge=hi)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Image size: one rule for training and inference
+# ------------------------------------------------------------------------------------------------------------
+def image_factor(family: Family, processor: Any) -> int:
+    """The side multiple a family's processor snaps images to: patch x merge size for the dynamic-resolution
+    families (28 for Qwen; 14 for the demo's 7 px patches), else 1 (a fixed-size tower resizes anyway)."""
+    if not family.dynamic_resolution:
+        return 1
+    ip = getattr(processor, "image_processor", processor)
+    patch, merge = getattr(ip, "patch_size", None), getattr(ip, "merge_size", None)
+    if not (isinstance(patch, int) and isinstance(merge, int)):
+        raise ConfigError(f"{family.name}: the image processor gives no patch_size/merge_size to size images by")
+    return patch * merge
+
+
+def fit_size(width: int, height: int, max_pixels: int, factor: int = 1) -> tuple[int, int]:
+    """The size an image is used at: sides rounded to multiples of `factor`, at most `max_pixels` in all.
+
+    Qwen's `smart_resize` rule (without its lower bound), so a Qwen processor leaves the result unchanged.
+
+    >>> fit_size(1024, 1024, 512 * 512, 28)
+    (504, 504)
+    >>> fit_size(100, 50, 480000, 1)
+    (100, 50)
+    """
+    w = max(factor, round(width / factor) * factor)
+    h = max(factor, round(height / factor) * factor)
+    if w * h > max_pixels:
+        scale = math.sqrt(width * height / max_pixels)
+        w = max(factor, math.floor(width / scale / factor) * factor)
+        h = max(factor, math.floor(height / scale / factor) * factor)
+    return w, h
+
+
+def fit_image(image: Image, max_pixels: int | None, factor: int = 1) -> Image:
+    """An RGB image at the size training used (`fit_size`, bicubic); `max_pixels=None` leaves it as it is (the
+    processor's own limits then apply: a checkpoint not trained by iadr1, run without a cap)."""
+    from PIL import Image as PILImage
+
+    if max_pixels is None:
+        return image
+    size = fit_size(image.width, image.height, max_pixels, factor)
+    return image if size == image.size else image.resize(size, PILImage.Resampling.BICUBIC)
+
+
+def load_image(path: str | os.PathLike, max_pixels: int | None, factor: int = 1) -> Image:
+    """Open an image as RGB at its training size (`fit_image`)."""
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as im:
+        im = im.convert("RGB")
+    return fit_image(im, max_pixels, factor)
 
 
 def resolve_dtype(dtype: str = "auto", device: str | None = None) -> torch.dtype:

@@ -7,6 +7,8 @@ The original picked model classes from substrings of the checkpoint path, which 
 'Qwen2_5_VLForConditionalGeneration'
 >>> get_family("llava_onevision").trainable
 True
+>>> get_family("qwen2-vl").dynamic_resolution
+True
 
 Parameter names are those of transformers 5.x (`model.visual.*`, `model.vision_tower.*`,
 `model.multi_modal_projector.*`, `model.language_model.*`, `lm_head.*`); `tests/test_models.py` checks every
@@ -41,16 +43,18 @@ class Family:
     `model_types` are the `config.json` values that dispatch to this family; `frozen_modules` are
     parameter-name prefixes (regexes anchored at the start) of the vision tower and projector;
     `lora_target_modules` is a regex for PEFT's `target_modules`; `vllm_options` are extra `vllm.LLM(...)`
-    keyword arguments the family needs.
+    keyword arguments the family needs. `dynamic_resolution`: the processor keeps each image near its own size,
+    on a grid of patches (Qwen's `smart_resize`), so the pixel cap decides the image tokens; the other families
+    resize to their vision tower's fixed size (tiled by LLaVA-NeXT/OneVision).
     """
 
     name: str
     model_types: tuple[str, ...]
     model_class: str
     trainable: bool
-    default_max_pixels: int
     lora_target_modules: str
     frozen_modules: tuple[str, ...]
+    dynamic_resolution: bool = False
     vllm_options: dict[str, Any] = field(default_factory=dict)
     image_token: str = "<image>"  # what the processor's chat template writes for one image (before expansion)
     description: str = ""
@@ -58,9 +62,6 @@ class Family:
     def __hash__(self) -> int:  # dict field: hash by name (families are unique by name)
         return hash(self.name)
 
-
-# 512x512 px: the PA-SFT image cap of the published runs (REFERENCE.md section 5).
-_PUBLISHED_SFT_PIXELS = 512 * 512
 
 FAMILIES: dict[str, Family] = {
     f.name: f
@@ -70,9 +71,9 @@ FAMILIES: dict[str, Family] = {
             model_types=("qwen2_vl",),
             model_class="Qwen2VLForConditionalGeneration",
             trainable=True,
-            default_max_pixels=_PUBLISHED_SFT_PIXELS,
             lora_target_modules=_LM_ATTENTION,
             frozen_modules=_QWEN_VISION,
+            dynamic_resolution=True,
             image_token="<|vision_start|><|image_pad|><|vision_end|>",
             description="Qwen2-VL (e.g. Qwen2-VL-2B-Instruct)",
         ),
@@ -81,9 +82,9 @@ FAMILIES: dict[str, Family] = {
             model_types=("qwen2_5_vl",),
             model_class="Qwen2_5_VLForConditionalGeneration",
             trainable=True,
-            default_max_pixels=_PUBLISHED_SFT_PIXELS,
             lora_target_modules=_LM_ATTENTION,
             frozen_modules=_QWEN_VISION,
+            dynamic_resolution=True,
             image_token="<|vision_start|><|image_pad|><|vision_end|>",
             description="Qwen2.5-VL (3B/7B/72B-Instruct; Anomaly-R1)",
         ),
@@ -92,7 +93,6 @@ FAMILIES: dict[str, Family] = {
             model_types=("llava",),
             model_class="LlavaForConditionalGeneration",
             trainable=True,
-            default_max_pixels=336 * 336,  # fixed-resolution CLIP-336: resized anyway
             lora_target_modules=_LM_ATTENTION,
             frozen_modules=_LLAVA_VISION,
             description="LLaVA-1.5 (llava-hf/llava-1.5-7b-hf, 13b)",
@@ -102,7 +102,6 @@ FAMILIES: dict[str, Family] = {
             model_types=("llava_next",),
             model_class="LlavaNextForConditionalGeneration",
             trainable=True,
-            default_max_pixels=_PUBLISHED_SFT_PIXELS,
             lora_target_modules=_LM_ATTENTION,
             frozen_modules=_LLAVA_NEXT_VISION,
             description="LLaVA-1.6 / LLaVA-NeXT (llava-hf/llava-v1.6-mistral-7b-hf, 34b)",
@@ -112,7 +111,6 @@ FAMILIES: dict[str, Family] = {
             model_types=("llava_onevision",),
             model_class="LlavaOnevisionForConditionalGeneration",
             trainable=True,
-            default_max_pixels=_PUBLISHED_SFT_PIXELS,
             lora_target_modules=_LM_ATTENTION,
             frozen_modules=_LLAVA_NEXT_VISION,
             description="LLaVA-OneVision (llava-hf/llava-onevision-qwen2-0.5b-si-hf, 7b)",
@@ -124,7 +122,6 @@ FAMILIES: dict[str, Family] = {
             model_types=("internvl", "internvl_chat"),
             model_class="InternVLForConditionalGeneration",
             trainable=False,
-            default_max_pixels=448 * 448,
             lora_target_modules=_LM_ATTENTION,
             frozen_modules=("model.vision_tower.", "model.multi_modal_projector."),
             vllm_options={"trust_remote_code": True},

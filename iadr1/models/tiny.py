@@ -577,7 +577,7 @@ def build_tiny(
         raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
     vision = {"depth": vision_depth, "dim": vision_dim, "patch_size": patch_size}
     if (vision_depth, vision_dim, patch_size) != (None, 64, _PATCH):
-        if fam.name not in ("qwen2_vl", "qwen2_5_vl"):
+        if not fam.dynamic_resolution:  # a fixed-size CLIP/SigLIP tower: its patch grid is not ours to shape
             raise ConfigError(f"vision_depth/vision_dim/patch_size are for the Qwen families, not {fam.name}")
         if vision_dim % 32 or vision_dim <= 0 or patch_size < 2 or (vision_depth is not None and vision_depth < 1):
             raise ConfigError(
@@ -586,7 +586,7 @@ def build_tiny(
             )
 
     torch.manual_seed(seed)
-    if fam.name in ("qwen2_vl", "qwen2_5_vl"):
+    if fam.dynamic_resolution:
         model, processor, tok = _build_qwen(fam.name, hidden_size, num_layers, vocab_size, seed, corpus, vision)
     elif fam.name in ("llava", "llava_next"):
         model, processor, tok = _build_llava(fam.name, hidden_size, num_layers, vocab_size, seed, corpus)

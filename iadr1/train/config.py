@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from iadr1.config import inherit_descriptions, load_layers, read_yaml
+from iadr1.config import parse_set_options as parse_set_options
 from iadr1.errors import ConfigError
 
 CONFIG_FILENAME = "iadr1_config.yaml"
@@ -57,33 +59,38 @@ class _RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        inherit_descriptions(cls)  # a stage that changes a default keeps the help text
+
     # --- what to train, on what, where ----------------------------------------------------------------------
     model: str = Field(description="Local checkpoint folder (config.json decides the family). Never a hub name.")
     dataset: Path = Field(description="Training records (.json list or .jsonl).")
     image_root: Path | None = Field(None, description="Folder the records' image paths are relative to.")
-    output_dir: Path = Field(description="Where checkpoints, logs and the final model go.")
+    output_dir: Path = Field(description="Where checkpoints, logs and the final model go (--out, --output-dir).")
 
     # --- schedule -------------------------------------------------------------------------------------------
-    seed: int = 42
-    epochs: float = 1.0
+    seed: int = Field(42, description="Random seed (data order, sampling, initialisation of new weights).")
+    epochs: float = Field(1.0, description="Training epochs.")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (overrides epochs when > 0).")
-    lr: float = 1e-5
-    lr_scheduler: str = "cosine"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
+    lr: float = Field(1e-5, description="Peak learning rate.")
+    lr_scheduler: str = Field("cosine", description="transformers' scheduler name: cosine, linear, constant, ...")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps before the peak learning rate.")
+    weight_decay: float = Field(0.0, description="AdamW weight decay.")
     batch_size: int = Field(1, ge=1, description="Per-device micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = Field(1.0, description="Gradient clipping norm.")
 
     # --- model ----------------------------------------------------------------------------------------------
     max_pixels: int = Field(SFT_MAX_PIXELS, ge=28 * 28, description="Images are resized to at most this many pixels.")
     freeze_vision: bool = Field(True, description="Freeze the vision tower and projector (as published).")
     lora: bool = Field(False, description="Train a LoRA adapter on the language model's attention instead of all.")
-    lora_r: int = 64
-    lora_alpha: int = 128
-    lora_dropout: float = 0.05
+    lora_r: int = Field(64, description="LoRA rank.")
+    lora_alpha: int = Field(128, description="LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, description="LoRA dropout.")
     lora_target: str | None = Field(None, description="Regex of modules to adapt (default: the family's).")
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass (less memory).")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 on a GPU that supports it, fp32 on CPU."
     )
@@ -95,10 +102,10 @@ class _RunConfig(BaseModel):
 
     # --- infrastructure -------------------------------------------------------------------------------------
     deepspeed: str | None = Field(None, description="zero2, zero3 (shipped templates) or a DeepSpeed JSON path.")
-    report_to: Literal["none", "tensorboard", "wandb"] = "none"
-    logging_steps: int = Field(1, ge=1)
+    report_to: Literal["none", "tensorboard", "wandb"] = Field("none", description="none, tensorboard or wandb.")
+    logging_steps: int = Field(1, ge=1, description="Log every this many optimizer steps.")
     save_steps: int = Field(500, ge=1, description="Save a resumable checkpoint every this many optimizer steps.")
-    save_total_limit: int | None = 2
+    save_total_limit: int | None = Field(2, description="Checkpoints kept (older ones are deleted); None: all.")
     resume: bool = Field(True, description="Resume from the last checkpoint in output_dir if there is one.")
     num_workers: int = Field(0, ge=0, description="Data-loader worker processes.")
     skip_bad_images: bool = Field(
@@ -230,24 +237,26 @@ class GRPORunConfig(_RunConfig):
 
     rewards: list[RewardSpec] = Field(
         default_factory=lambda: [RewardSpec(name="accuracy"), RewardSpec(name="consistency")],
-        description="Reward names (or module:function) with optional weights; total = weighted sum.",
+        description="Reward name or module:function, optionally =WEIGHT (repeatable); total = weighted sum.",
     )
     num_generations: int = Field(4, ge=2, description="G: completions sampled per prompt.")
     beta: float = Field(0.04, ge=0.0, description="KL coefficient to the reference (input) model.")
-    temperature: float = 0.9
-    top_p: float = 0.9
-    top_k: int = 50
-    max_completion_length: int = 512
-    loss_type: str = "grpo"
-    scale_rewards: Literal["group", "batch", "none"] = "group"
+    temperature: float = Field(0.9, gt=0.0, description="Sampling temperature of the rollouts.")
+    top_p: float = Field(0.9, description="Nucleus sampling of the rollouts.")
+    top_k: int = Field(50, description="Top-k sampling of the rollouts.")
+    max_completion_length: int = Field(512, ge=1, description="Tokens per completion.")
+    loss_type: str = Field("grpo", description="TRL's loss_type (grpo: the published loss).")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Advantage normalisation: group = (r - mean) / (std + 1e-4) per group, as published."
+    )
     vllm: Literal["auto", "off", "colocate", "server"] = Field(
         "auto",
         description="Rollouts with vLLM: auto = colocate on a CUDA machine with vllm installed, else off.",
     )
-    vllm_server_host: str = "0.0.0.0"
-    vllm_server_port: int = 8000
-    vllm_gpu_memory_utilization: float = 0.3
-    vllm_tensor_parallel_size: int = 1
+    vllm_server_host: str = Field("0.0.0.0", description="Host of a `trl vllm-serve` server (vllm: server).")
+    vllm_server_port: int = Field(8000, description="Port of a `trl vllm-serve` server (vllm: server).")
+    vllm_gpu_memory_utilization: float = Field(0.3, description="GPU memory share of a colocated vLLM engine.")
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description="Tensor parallel size of a colocated vLLM engine.")
     completions_to_log: int = Field(8, ge=0, description="Sample completions written per logging step (JSONL).")
     zero_spread_warn_steps: int = Field(
         10,
@@ -338,24 +347,6 @@ def recipe_path(name: str, stage: str) -> Path:
     return path
 
 
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML mapping from `path`; a missing file or a non-mapping is a one-line ConfigError."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config is a YAML mapping of option: value, got {type(data).__name__}")
-    return data
-
-
 def load_config(
     cls: type[_RunConfig],
     *,
@@ -369,35 +360,18 @@ def load_config(
     option.
     """
     stage = cls.model_fields["stage"].default
-    merged: dict[str, Any] = {}
+    layers: list[dict[str, Any]] = []
     sources: list[str] = []
     if recipe:
-        merged.update(read_yaml(recipe_path(recipe, stage)))
+        layers.append(read_yaml(recipe_path(recipe, stage)))
         sources.append(f"recipe {recipe}")
     if config_file:
-        merged.update(read_yaml(config_file))
+        layers.append(read_yaml(config_file))
         sources.append(str(config_file))
-    if merged.get("stage", stage) != stage:
-        raise ConfigError(f"{' + '.join(sources)}: a {merged['stage']} config cannot run `iadr1 {stage}`")
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return cls.model_validate(merged)
-    except ValidationError as e:
-        raise ConfigError(_one_line(e, sources)) from None
-
-
-def _one_line(err: ValidationError, sources: list[str]) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "config"
-    where = f" ({' + '.join(sources)})" if sources else ""
-    if first["type"] == "missing":
-        flag = "--" + str(first["loc"][0]).replace("_", "-")
-        return f"option {loc!r} is required: pass {flag} or set it in the config{where}"
-    if first["type"] == "extra_forbidden":
-        return f"unknown option {loc!r}{where}"
-    more = err.error_count() - 1
-    tail = f" [+{more} more]" if more else ""
-    return f"option {loc!r}: {first['msg']}{where}{tail}"
+    for layer in layers:
+        if layer.get("stage", stage) != stage:
+            raise ConfigError(f"{' + '.join(sources)}: a {layer['stage']} config cannot run `iadr1 {stage}`")
+    return load_layers(cls, list(zip(sources, layers, strict=True)), overrides)
 
 
 def save_config(cfg: _RunConfig, output_dir: str | os.PathLike | None = None) -> Path:
@@ -407,17 +381,3 @@ def save_config(cfg: _RunConfig, output_dir: str | os.PathLike | None = None) ->
     data = cfg.model_dump(mode="json")
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     return atomic_write_text(Path(output_dir or cfg.output_dir) / CONFIG_FILENAME, text)
-
-
-def parse_set_options(items: list[str] | None) -> dict[str, Any]:
-    """`--set KEY=VALUE` pairs, values read as YAML (`--set lora=true`, `--set trl_args={seed: 1}`)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            out[key.strip().replace("-", "_")] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
-    return out

@@ -8,10 +8,10 @@ and would otherwise fail mid-training), and fails or, when asked, skips and reco
 one.
 
 Images stay paths in the Arrow table and are opened, converted to RGB and resized in a lazy transform (a
-dataset of thousands of images never sits in memory). Resizing here, before any processor, is what keeps the
-image resolution identical in training and in vLLM rollouts: the image is cut to at most `max_pixels`, with
-sides that are multiples of the processor's patch factor (28 for Qwen), so every processor built from the same
-checkpoint leaves it as it is.
+dataset of thousands of images never sits in memory). Resizing here, before any processor, with the one image
+rule that inference uses too (`iadr1.models.loading.fit_image`), is what keeps the pixels identical in training,
+in vLLM rollouts and in `iadr1 infer`: every processor built from the same checkpoint leaves such an image as it
+is.
 
 Message content also stays a plain string in the table (`datasets` would merge text and image blocks into one
 struct type and the chat templates then see extra keys); the transform turns `<image>` markers into image
@@ -20,77 +20,20 @@ blocks at their place (images first when the text has no marker, as TRL and LLaM
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from iadr1.data.io import iter_jsonl, read_json, resolve_under
+from iadr1.data.io import iter_records, resolve_under
 from iadr1.data.schemas import GRPORecord, SFTRecord, validate_record
 from iadr1.errors import DataError
+from iadr1.models.loading import load_image
 from iadr1.prompts import IMAGE_PLACEHOLDER, split_images
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Images
-# ------------------------------------------------------------------------------------------------------------
-def image_factor(processor: Any) -> int:
-    """The side multiple the processor's resizer snaps to: patch x merge size for Qwen (28), else 1."""
-    ip = getattr(processor, "image_processor", processor)
-    patch, merge = getattr(ip, "patch_size", None), getattr(ip, "merge_size", None)
-    if isinstance(patch, int) and isinstance(merge, int):
-        return patch * merge
-    return 1
-
-
-def fit_size(width: int, height: int, max_pixels: int, factor: int = 1) -> tuple[int, int]:
-    """The size an image is trained at: sides rounded to multiples of `factor`, at most `max_pixels` in all.
-
-    Qwen's `smart_resize` rule (without its lower bound), so a Qwen processor leaves the result unchanged.
-
-    >>> fit_size(1024, 1024, 512 * 512, 28)
-    (504, 504)
-    >>> fit_size(100, 50, 480000, 1)
-    (100, 50)
-    """
-    w = max(factor, round(width / factor) * factor)
-    h = max(factor, round(height / factor) * factor)
-    if w * h > max_pixels:
-        scale = math.sqrt(width * height / max_pixels)
-        w = max(factor, math.floor(width / scale / factor) * factor)
-        h = max(factor, math.floor(height / scale / factor) * factor)
-    return w, h
-
-
-def load_image(path: str, max_pixels: int, factor: int = 1):
-    """Open an image as RGB at its training size (`fit_size`)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-    size = fit_size(im.width, im.height, max_pixels, factor)
-    return im if size == im.size else im.resize(size, Image.Resampling.BICUBIC)
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Records
 # ------------------------------------------------------------------------------------------------------------
-def _iter_raw(path: Path) -> Iterator[tuple[str | int, Any]]:
-    """(key, object) for each record: key is `line N` for JSONL, the index or dict key for JSON."""
-    if path.suffix == ".jsonl":
-        for n, obj in iter_jsonl(path):
-            yield f"line {n}", obj
-        return
-    obj = read_json(path)
-    if isinstance(obj, dict):
-        yield from obj.items()
-    elif isinstance(obj, list):
-        yield from enumerate(obj)
-    else:
-        raise DataError(f"{path}: expected a list or dict of records, got {type(obj).__name__}")
-
-
 def _image_paths(images: str | list[str], root: Path, where: str) -> list[str]:
     paths = [images] if isinstance(images, str) else list(images)
     if not paths:
@@ -157,7 +100,7 @@ def read_sft_rows(
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
     rows = []
-    for key, obj in _iter_raw(path):
+    for key, obj in iter_records(path):
         where = f"{path}: record {key!r}"
         rec = validate_record(SFTRecord, obj, path, key)
         messages = [{"role": m.role, "content": m.content} for m in rec.messages]
@@ -192,7 +135,7 @@ def read_grpo_rows(
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
     rows = []
-    for key, obj in _iter_raw(path):
+    for key, obj in iter_records(path):
         where = f"{path}: record {key!r}"
         rec = validate_record(GRPORecord, obj, path, key)
         try:
@@ -230,8 +173,9 @@ def to_blocks(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def build_dataset(rows: list[dict[str, Any]], max_pixels: int, factor: int = 1):
-    """A `datasets.Dataset` of the rows whose items come out ready for TRL: images opened and resized, prompts
-    in blocks. The transform runs on access, in the data-loader workers."""
+    """A `datasets.Dataset` of the rows whose items come out ready for TRL: images opened and sized by the one
+    image rule (`load_image`; `factor` from `image_factor(family, processor)`), prompts in blocks. The transform
+    runs on access, in the data-loader workers."""
     from datasets import Dataset
 
     def transform(batch: dict[str, list]) -> dict[str, list]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from iadr1.train import common
 from iadr1.train.config import GRPORunConfig, save_config
-from iadr1.train.data import build_dataset, image_factor, read_grpo_rows
+from iadr1.train.data import build_dataset, read_grpo_rows
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -60,7 +60,7 @@ def run_grpo(
     # --- 2. TRL config first: under DeepSpeed ZeRO-3 it must exist before the model is loaded ---------------
     from trl import GRPOConfig
 
-    from iadr1.models.loading import load_processor
+    from iadr1.models.loading import image_factor, load_processor
     from iadr1.train.grpo_trainer import IADGRPOTrainer
 
     args = common.trl_args(GRPOConfig, {**cfg.to_trl_kwargs(), "reward_weights": weights})
@@ -73,7 +73,7 @@ def run_grpo(
     rows = common.checked_rows(rows, cfg, args)
     processor = load_processor(cfg.model)
     model = common.load_model_for_training(cfg, family)
-    dataset = build_dataset(rows, cfg.max_pixels, image_factor(processor))
+    dataset = build_dataset(rows, cfg.max_pixels, image_factor(family, processor))
 
     # --- 4. Trainer: the reference model for the KL term is the input checkpoint, frozen --------------------
     trainer = IADGRPOTrainer(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from iadr1.train import common
 from iadr1.train.config import SFTRunConfig, save_config
-from iadr1.train.data import build_dataset, image_factor, read_sft_rows
+from iadr1.train.data import build_dataset, read_sft_rows
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -39,7 +39,7 @@ def run_sft(cfg: SFTRunConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
     # --- 2. TRL config first: under DeepSpeed ZeRO-3 it must exist before the model is loaded ---------------
     from trl import SFTConfig, SFTTrainer
 
-    from iadr1.models.loading import load_processor
+    from iadr1.models.loading import image_factor, load_processor
 
     args = common.trl_args(SFTConfig, cfg.to_trl_kwargs())
     if args.process_index == 0:
@@ -49,7 +49,7 @@ def run_sft(cfg: SFTRunConfig, callbacks: Sequence[TrainerCallback] = ()) -> Pat
     rows = common.checked_rows(rows, cfg, args)
     processor = load_processor(cfg.model)
     model = common.load_model_for_training(cfg, family)
-    dataset = build_dataset(rows, cfg.max_pixels, image_factor(processor))
+    dataset = build_dataset(rows, cfg.max_pixels, image_factor(family, processor))
 
     # --- 4. Trainer -----------------------------------------------------------------------------------------
     trainer = common.with_exact_resume(SFTTrainer)(

@@ -63,15 +63,16 @@ class MaskedImage:
 def masked_images(
     meta_json: str | os.PathLike, image_root: str | os.PathLike, split: str = "train"
 ) -> list[MaskedImage]:
-    """The images of `split` in a meta.json (entries without a `split` field count as "test"). A defective
-    image without a mask is a DataError: the warm-up needs to know where its defect is."""
-    from iadr1.data.schemas import load_meta
+    """The images of `split` in a meta.json, read as every stage reads one (`iadr1.data.meta`: AnomalyCLIP's
+    split-less forms included; an entry's split is `split_of`). A defective image without a mask is a DataError:
+    the warm-up needs to know where its defect is."""
+    from iadr1.data.meta import read_meta, split_of
 
     root = Path(image_root)
     out: list[MaskedImage] = []
-    for entries in load_meta(meta_json).values():
+    for entries in read_meta(meta_json).values():
         for e in entries:
-            if (getattr(e, "split", None) or "test") != split:
+            if split_of(e) != split:
                 continue
             if e.anomaly and not e.mask_path:
                 raise DataError(f"{meta_json}: {e.img_path}: defective image without a mask_path")
@@ -94,14 +95,17 @@ def token_labels(mask: np.ndarray, grid_h: int, grid_w: int, patch: int, merge: 
     return m.reshape(grid_h // merge, unit, grid_w // merge, unit).mean(axis=(1, 3)).reshape(-1)
 
 
-def _load(items: Sequence[MaskedImage]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _load(items: Sequence[MaskedImage], max_pixels: int, factor: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Images at the size PA-SFT and inference use them (`models.loading.load_image`, the one size rule), masks
+    resized to match."""
     from PIL import Image, UnidentifiedImageError
+
+    from iadr1.models.loading import load_image
 
     images, masks = [], []
     for it in items:
         try:
-            with Image.open(it.image) as im:
-                img = np.asarray(im.convert("RGB"))
+            img = np.asarray(load_image(it.image, max_pixels, factor))
             if it.mask is None:
                 mask = np.zeros(img.shape[:2], bool)
             else:
@@ -197,18 +201,18 @@ def warm_up_vision(
     from transformers import AutoModelForImageTextToText
 
     from iadr1.data.io import atomic_write_json
-    from iadr1.models.loading import load_processor
+    from iadr1.models.loading import image_factor, load_processor
     from iadr1.models.registry import family_of
 
     cfg = cfg or VisionWarmupConfig()
     family = family_of(model_dir)
-    if family.name not in ("qwen2_vl", "qwen2_5_vl"):
+    if not family.dynamic_resolution:  # per-token labels need the Qwen patch grid
         raise ConfigError(f"{model_dir}: the vision warm-up supports the Qwen families, not {family.name}")
     if not train:
         raise DataError("vision warm-up: no training images")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    processor = load_processor(model_dir, max_pixels=cfg.max_pixels)
+    processor = load_processor(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     visual = model.model.visual
     for p in model.parameters():
@@ -218,8 +222,9 @@ def warm_up_vision(
     hidden = model.config.text_config.hidden_size
     head = torch.nn.Linear(hidden, 1)
     batcher = _Batcher(processor, cfg.min_fraction)
-    images, masks = _load(train)
-    held = _load(held_out) if held_out else None
+    factor = image_factor(family, processor)
+    images, masks = _load(train, cfg.max_pixels, factor)
+    held = _load(held_out, cfg.max_pixels, factor) if held_out else None
 
     params = [*visual.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -270,7 +275,7 @@ def warm_up_vision(
         p.requires_grad_(True)
     model.save_pretrained(out)
     # Everything else (processor, tokenizer, chat template, generation config) is the source's, byte for byte:
-    # saving the loaded processor would write the pixel cap set above into it.
+    # re-saving a loaded processor need not give the same bytes.
     for src in Path(model_dir).iterdir():
         if src.is_file() and src.suffix != ".safetensors" and src.name not in ("config.json", _INDEX):
             shutil.copy2(src, out / src.name)

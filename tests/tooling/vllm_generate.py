@@ -82,7 +82,7 @@ def main(spec_path: str, out_path: str) -> None:
         run = spec.get("run", {}).get(name)
         if run:  # the whole runner on this engine: streaming results into predictions.jsonl
             cfg = load_config(None, model=path, backend="vllm", **run)
-            entry["run"] = json.loads(run_inference(cfg, engine=backend, progress=False).model_dump_json())
+            entry["run"] = json.loads(run_inference(cfg, engine=backend).model_dump_json())
         backend.close()
         report[name] = entry
     Path(out_path).write_text(json.dumps(report))
