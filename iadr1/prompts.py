@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from iadr1.data.schemas import QUESTION
+# The benchmark question: the test files' question and the PA-SFT user text (docs/method.md §3).
+QUESTION = "Are there any defects in the query image?"
 
 PromptStyle = Literal["iadr1", "baseline", "api", "anomaly_r1"]
 PROMPT_STYLES: tuple[str, ...] = ("iadr1", "baseline", "api", "anomaly_r1")

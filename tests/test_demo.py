@@ -13,7 +13,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -265,15 +264,19 @@ def test_short_reasoning_puts_the_verdict_first(image: str, answer: str, expecte
     assert parse(short).well_formed and parse(short).answer == parse(answer).answer
 
 
-def test_per_defect_accuracy_counts_each_kind() -> None:
-    from iadr1.eval.metrics import NO, UNANSWERED, YES
+def test_per_defect_accuracy_counts_each_kind(tmp_path: Path) -> None:
+    """The demo's per-defect figures are eval's per-specie metric: scored here from real files."""
+    from test_eval_load import ours, write_jsonl, write_test_file
 
-    images = ["S/c/test/good/0.png", "S/c/test/good/1.png", "S/c/test/hole/2.png", "S/c/test/hole/3.png"]
-    result = SimpleNamespace(
-        gt=SimpleNamespace(images=images, anomalous=np.array([False, False, True, True])),
-        matched=SimpleNamespace(letter_code=np.array([NO, YES, YES, UNANSWERED], np.int8)),
-    )
-    assert per_defect_accuracy(result) == {"good": 50.0, "hole": 50.0}  # type: ignore[arg-type]
+    from iadr1.eval import evaluate
+
+    labels = {"S/c/test/good/0.png": False, "S/c/test/good/1.png": False, "S/c/test/hole/2.png": True,
+              "S/c/test/hole/3.png": True}  # fmt: skip
+    test = write_test_file(tmp_path / "t.json", labels)
+    letters = ["B", "A", "A", "E"]  # right, wrong, right, unanswered
+    preds = write_jsonl(tmp_path / "p.jsonl", [ours(k, x) for k, x in zip(labels, letters, strict=True)])
+    result = evaluate([test], [preds], n_boot=0)
+    assert per_defect_accuracy(result) == {"good": 50.0, "hole": 50.0}
 
 
 def test_progress_bars_draw_one_bar_per_task() -> None:

@@ -16,10 +16,12 @@ if TYPE_CHECKING:
 
 
 def option_error(e: ValidationError) -> ConfigError:
-    """The first error of a config built from command-line options, as one line naming the option:
-    `--n-train: Input should be greater than 0`."""
+    """The first error of a config built from command-line options, as one line naming the option by its flag:
+    `--n-train: Input should be greater than 0` (a YAML config's errors: `iadr1.config.one_line`)."""
+    from iadr1.config import flag
+
     err = e.errors()[0]
-    return ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}")
+    return ConfigError(f"{flag(str(err['loc'][0]))}: {err['msg'].removeprefix('Value error, ')}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -54,7 +54,6 @@ def convert(
     """
     templates = renamed(templates, templates_old, "--templates", "--num-templates")
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from iadr1.data.convert import build_test_records, move_to_train, scan_layout, write_test_file
     from iadr1.data.keys import key_scheme
@@ -106,16 +105,16 @@ def convert(
 
     # 2. test file. Decide the keys first (docs/convert.md, "Keys"), so that a bad meta fails before any image is read.
     keys = key_scheme(data, root, dataset, layout, source=meta)
-    with Progress(
-        TextColumn("describing images"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,  # no bar (nor a blank line) in logs
-    ) as bar:
-        task = bar.add_task("describe", total=None)
+    from iadr1.cli._progress import ProgressBars
+
+    described = {"done": 0, "total": None}
+
+    def step(k: int = 0, total: int | None = None) -> None:
+        described["done"] += k
+        described["total"] = total if total is not None else described["total"]
+        on_progress("describing images", described["done"], described["total"])
+
+    with ProgressBars(console, transient=True, disable=not console.is_terminal) as on_progress:  # no bar in logs
         records = build_test_records(
             data,
             root,
@@ -124,8 +123,8 @@ def convert(
             dataset=keys.dataset,
             similar=similar,
             workers=workers or None,
-            progress=lambda k: bar.advance(task, k),
-            on_descriptors=lambda total: bar.update(task, total=total),
+            progress=lambda k: step(k),
+            on_descriptors=lambda total: step(total=total),
             bad_images=bad,
         )
     _report_bad_images(console, bad)

@@ -10,7 +10,7 @@ import typer
 from pydantic import BaseModel, Field, ValidationError
 from typer.core import TyperGroup
 
-from iadr1.cli._options import renamed
+from iadr1.cli._options import option_error, renamed
 from iadr1.errors import ConfigError
 
 # Options that take several values: `--predictions a.jsonl b.jsonl` is read as `--predictions a.jsonl
@@ -136,8 +136,7 @@ def eval_(
             plots=plots,
         )
     except ValidationError as e:
-        first = e.errors()[0]
-        raise ConfigError(f"option {first['loc'][0]}: {first['msg']}") from None
+        raise option_error(e) from None
     if out is None:
         raise ConfigError("--out DIR is required")
     _run(opts)

@@ -1,4 +1,4 @@
-"""Build the PA-SFT and SC-GRPO training files from a meta.json and an annotations file (REFERENCE.md §2).
+"""Build the PA-SFT and SC-GRPO training files from a meta.json and an annotations file (docs/method.md §2).
 
 `build_data` opens every image once (in parallel), skips and records what it cannot use (unreadable, corrupt
 or missing images; malformed or missing annotations; classes with no normal reference image for one-shot
@@ -205,8 +205,7 @@ def generic_reasoning(cls_name: str, img_path: str) -> str:
 
 
 def assistant_text(reasoning: str, anomalous: bool, location: str | None = None, type: str | None = None) -> str:
-    """`<think>…</think>[<location>…</location><type>…</type>]<answer>Yes|No</answer>` (REFERENCE.md section
-    1)."""
+    """`<think>…</think>[<location>…</location><type>…</type>]<answer>Yes|No</answer>` (docs/method.md §1)."""
     return f"<think>{reasoning}</think>" + solution_text(anomalous, location, type)
 
 

@@ -1,4 +1,4 @@
-"""Typed records for every file format the method uses (REFERENCE.md section 2), validated with pydantic v2.
+"""Typed records for every file format the method uses (docs/method.md §2), validated with pydantic v2.
 
 Field names follow the real files exactly (`Question`, `Answer`, ... in test files) so that a file loads and dumps
 back to equal JSON. Unknown fields are kept (`extra="allow"`) so that nothing a user's file carries is dropped.
@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from iadr1.data.io import iter_records, read_json
 from iadr1.data.keys import dataset_and_class
 from iadr1.errors import DataError
+from iadr1.prompts import QUESTION  # the benchmark's question: a prompt text (re-exported here)
 
-QUESTION = "Are there any defects in the query image?"
 OPTIONS = {"A": "Yes.", "B": "No."}
 ANOMALY_LETTER = "A"
 NORMAL_LETTER = "B"

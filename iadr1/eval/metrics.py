@@ -3,7 +3,7 @@
 Everything here works on a confusion array `conf[..., truth, answer]`: truth 0 = anomalous, 1 = normal; answer
 0 = yes (A), 1 = no (B), 2 = unanswered (E, counted wrong, as in the paper). Rates are in percent.
 
-The paper's metric (REFERENCE.md section 6), per dataset:
+The paper's metric (docs/method.md §6), per dataset:
     balanced accuracy = (normal_acc + anomaly_acc) / 2 * 100,  Overkill = (1 - normal_acc) * 100,
     Miss = (1 - anomaly_acc) * 100,
 computed with exactly these floating-point operations, so published numbers are reproduced to the last digit.
@@ -18,6 +18,9 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+
+from iadr1.ranking import grouped_auroc_aupr as grouped_auroc_aupr
+from iadr1.ranking import score_order as score_order
 
 ANOMALOUS, NORMAL = 0, 1
 YES, NO, UNANSWERED = 0, 1, 2
@@ -86,82 +89,8 @@ def balanced_accuracy(anomalous_correct: int, n_anomalous: int, normal_correct: 
     return float(rates(conf)["balanced_accuracy"])
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Ranking metrics from p_yes
-# ------------------------------------------------------------------------------------------------------------
-def score_order(score: np.ndarray) -> np.ndarray:
-    """Indices of the items that have a score (not NaN), by ascending score. The order of tied scores does not
-    matter to `grouped_auroc_aupr` (ties are handled as runs), so one sort serves every grouping."""
-    valid = np.flatnonzero(~np.isnan(score))
-    return valid[np.argsort(score[valid])]
+# Ranking metrics from p_yes: iadr1/ranking.py (a leaf module the training stage uses too).
 
-
-def grouped_auroc_aupr(
-    group: np.ndarray,
-    n_groups: int,
-    positive: np.ndarray,
-    score: np.ndarray,
-    by_score: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """AUROC and AUPR (fractions in [0, 1]) per group, over the items whose `score` is not NaN.
-
-    AUROC is the Mann-Whitney statistic with tied scores given their average rank (ties count one half).
-    AUPR is average precision, sum over distinct thresholds of (recall step) x precision, with no interpolation:
-    the same number as scikit-learn's `roc_auc_score` / `average_precision_score`. NaN where a group lacks
-    positives (both) or negatives (AUROC). `by_score`: `score_order(score)`, when the caller already has it.
-    """
-    if by_score is None:
-        by_score = score_order(score)
-    auroc = np.full(n_groups, np.nan)
-    aupr = np.full(n_groups, np.nan)
-    if by_score.size == 0:
-        return auroc, aupr
-    # By group, then ascending score: the score order, then a stable sort by group (radix sort for small ints).
-    small = np.uint16 if n_groups < 2**16 else np.int64
-    order = by_score[np.argsort(group[by_score].astype(small), kind="stable")]
-    g, y, s = group[order].astype(np.int64), positive[order].astype(bool), score[order].astype(float)
-    m = g.size
-    new_run = np.empty(m, bool)
-    new_run[0] = True
-    new_run[1:] = (g[1:] != g[:-1]) | (s[1:] != s[:-1])
-    run_start = np.flatnonzero(new_run)
-    run_end = np.append(run_start[1:], m)  # exclusive
-    run_group = g[run_start]
-    run_id = np.cumsum(new_run) - 1
-    first = np.zeros(n_groups, np.int64)  # index of each group's first item in sorted order
-    group_start = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
-    first[g[group_start]] = group_start
-
-    n_pos = np.bincount(g, weights=y, minlength=n_groups)
-    n_all = np.bincount(g, minlength=n_groups).astype(float)
-    n_neg = n_all - n_pos
-
-    # AUROC: rank sum of positives, ranks 1-based within the group, tied runs at their mean rank.
-    run_rank = (run_start + run_end - 1) / 2 - first[run_group] + 1
-    rank_sum = np.bincount(g, weights=run_rank[run_id] * y, minlength=n_groups)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        auroc = np.where(n_pos * n_neg > 0, (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg), np.nan)
-
-    # AUPR: thresholds from the top; at a run, everything in the run or above it is answered positive.
-    run_tp = np.bincount(run_id, weights=y, minlength=run_start.size)
-    run_n = (run_end - run_start).astype(float)
-    below_tp = np.cumsum(run_tp) - run_tp  # global prefix, exclusive
-    below_n = np.cumsum(run_n) - run_n
-    group_first_run = run_id[first[run_group]]
-    tp_above = n_pos[run_group] - (below_tp - below_tp[group_first_run])
-    n_above = n_all[run_group] - (below_n - below_n[group_first_run])
-    precision = tp_above / n_above
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ap = np.bincount(run_group, weights=run_tp * precision, minlength=n_groups) / n_pos
-    aupr = np.where(n_pos > 0, ap, np.nan)
-    return auroc, aupr
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Consistency
-# ------------------------------------------------------------------------------------------------------------
-# The two forms a trained model writes, exactly: think, location, type contents free of '<' (so no tag can hide in
-# them), no whitespace around the tags, lower-case tags, answer Yes/yes with location and type, No/no without.
 _CANONICAL = re.compile(
     r"<think>[^<]*</think>"
     r"(?:<answer>[Nn]o</answer>|<location>[^<]*</location><type>[^<]*</type><answer>[Yy]es</answer>)"

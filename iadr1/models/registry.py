@@ -1,7 +1,7 @@
 """Model families: one registry entry per family, chosen by `config.json`'s `model_type` (never by path).
 
 The original picked model classes from substrings of the checkpoint path, which broke on its own output paths
-(REFERENCE.md section 5). Here a checkpoint is whatever its `config.json` says it is:
+(docs/method.md §5). Here a checkpoint is whatever its `config.json` says it is:
 
 >>> get_family("qwen2_5_vl").model_class
 'Qwen2_5_VLForConditionalGeneration'

@@ -173,7 +173,7 @@ def evaluate_tower(model: Any, head: Any, batcher: _Batcher, images, masks, batc
             tok_n += len(tok)
             top += [float(s.max()) for s in per_image]
             y_img += img.bool().tolist()
-    from iadr1.eval.metrics import grouped_auroc_aupr
+    from iadr1.ranking import grouped_auroc_aupr
 
     y, s = np.array(y_img, bool), np.array(top)
     auroc = float(grouped_auroc_aupr(np.zeros(len(y), np.int64), 1, y, s)[0][0])  # NaN when a class is missing

@@ -1,0 +1,36 @@
+"""The package's shape: imports point one way, down the stages (data -> train -> infer -> eval -> demo -> cli)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import iadr1
+
+PACKAGE = Path(iadr1.__file__).parent
+# Lower rank = earlier stage. A module may import its own rank or lower, never a later stage (shared leaves: 0).
+RANK = {"data": 1, "train": 2, "infer": 3, "eval": 4, "demo": 5, "cli": 6, "__main__": 7}
+
+
+def _rank(module: str) -> int:
+    return RANK.get(module.split(".")[1] if "." in module else "", 0)
+
+
+def _imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("iadr1"):
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("iadr1")}
+    return out
+
+
+def test_imports_point_down_the_stages():
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(("iadr1", *path.relative_to(PACKAGE).with_suffix("").parts))
+        for imported in _imports(path):
+            if imported != "iadr1" and _rank(imported) > _rank(module):
+                wrong.append(f"{module} imports {imported}")
+    assert not wrong, wrong
