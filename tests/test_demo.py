@@ -291,3 +291,26 @@ def test_progress_bars_draw_one_bar_per_task() -> None:
         on_progress("checking images", 10, 10)
     text = buf.getvalue()
     assert "checking images" in text and "10/10" in text and "PA-SFT" in text and "loss 0.123" in text
+
+
+def test_cli_reads_a_config_file_and_set_options(monkeypatch, tmp_path: Path) -> None:
+    """`iadr1 demo --config FILE --set K=V` goes through iadr1.config, the one config reader; flags win."""
+    import iadr1.demo as demo_module
+
+    seen: dict[str, Any] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(cfg, *args, **kwargs):
+        seen["cfg"] = cfg
+        raise Stop
+
+    monkeypatch.setattr(demo_module, "run_demo", fake)
+    (tmp_path / "demo.yaml").write_text("n_test: 40\nwarmup-epochs: 1\nseed: 3\n")
+    with pytest.raises(Stop):
+        main(["demo", "--config", str(tmp_path / "demo.yaml"), "--set", "n_test=60", "--seed", "5"])
+    cfg = seen["cfg"]
+    assert (cfg.n_test, cfg.warmup_epochs, cfg.seed, cfg.out) == (60, 1, 5, Path("demo_out"))
+    with pytest.raises(SystemExit):
+        main(["demo", "--set", "n_tset=60"])

@@ -14,14 +14,14 @@ if TYPE_CHECKING:
 
 
 def demo(
-    out: Path = typer.Option(
-        Path("demo_out"), "--out", "--output-dir", "-o", help="Output folder (data, models, report)."
+    out: Path | None = typer.Option(
+        None, "--out", "--output-dir", "-o", help="Output folder (data, models, report; default demo_out)."
     ),
     model: Path | None = typer.Option(
         None, "--model", "-m", help="Start from this local checkpoint instead of a random tiny Qwen2-VL."
     ),
     quick: bool = typer.Option(False, "--quick", help="The shortened demo of the test suite (about 90 s)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the data, the model and training."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the data, the model and training (default 0)."),
     n_train: int | None = typer.Option(None, "--n-train", help="Synthetic training images."),
     grpo_steps: int | None = typer.Option(None, "--grpo-steps", help="SC-GRPO optimizer steps (recipe demo: 20)."),
     grpo_prompt: str | None = typer.Option(
@@ -35,6 +35,10 @@ def demo(
         "--defects",
         help="Comma-separated defect kinds to draw, or 'all' (default: the six a tiny tower sees; docs/demo.md).",
     ),
+    config: Path | None = typer.Option(None, "--config", help="YAML file of DemoConfig options; flags override it."),
+    set_: list[str] | None = typer.Option(
+        None, "--set", metavar="KEY=VALUE", help="Any DemoConfig option (YAML value), e.g. --set n_test=400."
+    ),
 ) -> None:
     """Build data and a tiny model (its vision tower warmed up on the defect masks), train PA-SFT then SC-GRPO
     (recipe `demo`), and write OUT/report.{json,md,html}."""
@@ -45,10 +49,14 @@ def demo(
 
     from iadr1.cli._options import option_error
     from iadr1.cli._progress import ProgressBars
+    from iadr1.config import parse_set_options, read_yaml
     from iadr1.data.synthetic import SPECIES
     from iadr1.demo import QUICK, DemoConfig, run_demo
 
-    options: dict[str, Any] = {**(QUICK if quick else {}), "out": out, "model": model, "seed": seed}
+    # Lowest first: the QUICK preset, a config file, --set, then the named options (iadr1.config's order).
+    options: dict[str, Any] = {**(QUICK if quick else {}), **(read_yaml(config) if config else {})}
+    options.update(parse_set_options(set_))
+    options.update({k: v for k, v in (("out", out), ("model", model), ("seed", seed)) if v is not None})
     if defects is not None:
         options["defects"] = SPECIES if defects.strip() == "all" else tuple(d.strip() for d in defects.split(","))
     if grpo_steps is not None:
