@@ -42,16 +42,22 @@ class Opt:
     hidden: bool = False
 
 
-def _help(cls: type, opt: Opt) -> str:
-    info = cls.model_fields.get(opt.field)
-    if opt.help is not None or info is None:
-        return opt.help or ""
+def field_help(cls: type, name: str, with_default: bool = False) -> str:
+    """The `--help` text of config field `name` of `cls`: its description, then, `with_default`, its default (a
+    command that declares its typer options itself lets typer show the default)."""
+    info = cls.model_fields[name]
     text = info.description or ""
     default = info.get_default(call_default_factory=True)
-    if not info.is_required() and default is not None and default != "" and opt.type is not bool:
+    if with_default and not info.is_required() and default not in (None, "", [], ()):
         shown = ", ".join(str(getattr(d, "name", d)) for d in default) if isinstance(default, list) else default
         text += f" (default: {shown})"
     return text
+
+
+def _help(cls: type, opt: Opt) -> str:
+    if opt.help is not None or opt.field not in cls.model_fields:
+        return opt.help or ""
+    return field_help(cls, opt.field, with_default=opt.type is not bool)
 
 
 def config_command(

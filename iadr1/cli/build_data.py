@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from iadr1.cli._options import option_error, renamed
+from iadr1.cli._options import field_help, option_error, renamed
 from iadr1.cli._progress import ProgressBars
+from iadr1.data.build import BuildConfig
 from iadr1.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -33,18 +34,13 @@ def build_data(
     out: Path | None = typer.Option(
         None, "--out", "--output-dir", "-o", help="Output folder for the training files and report."
     ),
-    shots: list[int] = typer.Option([0], "--shots", "-k", help="0 (zero-shot) and/or 1 (one reference); repeatable."),
-    seed: int = typer.Option(
-        0, "--seed", help="Seed of record order, validation split, reference draw, synthetic data."
-    ),
-    val_fraction: float = typer.Option(
-        0.0, "--val-fraction", help="Hold out this fraction per (class, label) as *_val.json files."
-    ),
+    shots: list[int] = typer.Option([0], "--shots", "-k", help=field_help(BuildConfig, "shots")),
+    seed: int = typer.Option(0, "--seed", help=field_help(BuildConfig, "seed")),
+    val_fraction: float = typer.Option(0.0, "--val-fraction", help=field_help(BuildConfig, "val_fraction")),
     split: list[str] = typer.Option(
         [],
         "--split",
-        help="Use only meta entries of this split (train, test, template); repeatable. Default: every split but "
-        "test. Naming test uses test images (warned).",
+        help=field_help(BuildConfig, "splits"),
     ),
     test_file: list[Path] = typer.Option(
         [],
@@ -56,11 +52,11 @@ def build_data(
     allow_test: bool = typer.Option(
         False,
         "--allow-test",
-        help="Also train on test images (the meta's test split, the --test-file images); the count is warned about.",
+        help=field_help(BuildConfig, "allow_test"),
     ),
-    strict: bool = typer.Option(False, "--strict", help="Fail on any problem instead of skipping and recording it."),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="Image-check processes (default: CPU count)."),
-    compat: bool = typer.Option(False, "--compat-prompt", help="GRPO problem text exactly as the original (no space)."),
+    strict: bool = typer.Option(False, "--strict", help=field_help(BuildConfig, "strict")),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=field_help(BuildConfig, "workers")),
+    compat: bool = typer.Option(False, "--compat-prompt", help=field_help(BuildConfig, "compat")),
     compat_old: bool | None = typer.Option(None, "--compat", hidden=True),  # the 0.1 spelling
     synthetic: Path | None = typer.Option(
         None, "--synthetic", help="Write the embedded synthetic demo dataset into this folder instead."

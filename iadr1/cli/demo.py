@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from iadr1.cli._options import field_help
+from iadr1.demo import DemoConfig
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -17,18 +20,16 @@ def demo(
     out: Path | None = typer.Option(
         None, "--out", "--output-dir", "-o", help="Output folder (data, models, report; default demo_out)."
     ),
-    model: Path | None = typer.Option(
-        None, "--model", "-m", help="Start from this local checkpoint instead of a random tiny Qwen2-VL."
-    ),
+    model: Path | None = typer.Option(None, "--model", "-m", help=field_help(DemoConfig, "model")),
     quick: bool = typer.Option(False, "--quick", help="The shortened demo of the test suite (about 90 s)."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of the data, the model and training (default 0)."),
-    n_train: int | None = typer.Option(None, "--n-train", help="Synthetic training images."),
+    seed: int | None = typer.Option(None, "--seed", help=field_help(DemoConfig, "seed", with_default=True)),
+    n_train: int | None = typer.Option(None, "--n-train", help=field_help(DemoConfig, "n_train", with_default=True)),
     grpo_steps: int | None = typer.Option(None, "--grpo-steps", help="SC-GRPO optimizer steps (recipe demo: 20)."),
     grpo_prompt: str | None = typer.Option(
-        None, "--grpo-prompt", help="sft (default: the PA-SFT question) or published (the paper's GRPO prompt)."
+        None, "--grpo-prompt", help=field_help(DemoConfig, "grpo_prompt", with_default=True)
     ),
     warmup_epochs: int | None = typer.Option(
-        None, "--warmup-epochs", help="Vision warm-up epochs before PA-SFT (0: none; default 4)."
+        None, "--warmup-epochs", help=field_help(DemoConfig, "warmup_epochs", with_default=True)
     ),
     defects: str | None = typer.Option(
         None,

@@ -10,7 +10,7 @@ import typer
 from pydantic import BaseModel, Field, ValidationError
 from typer.core import TyperGroup
 
-from iadr1.cli._options import option_error, renamed
+from iadr1.cli._options import field_help, option_error, renamed
 from iadr1.errors import ConfigError
 
 # Options that take several values: `--predictions a.jsonl b.jsonl` is read as `--predictions a.jsonl
@@ -60,17 +60,29 @@ app = typer.Typer(
 class EvalOptions(BaseModel):
     """Checked options of `iadr1 eval`."""
 
-    test_files: list[Path] = Field(min_length=1)
-    predictions: list[Path] = Field(min_length=1)
-    out: Path
-    annotations: list[Path] = []
-    image_root: Path | None = None
-    compat: bool = False
-    bootstrap: int = Field(1000, ge=0, le=1_000_000)
-    seed: int = 0
-    name: str | None = None
-    gallery_max: int = Field(300, ge=0)
-    plots: bool = True
+    test_files: list[Path] = Field(
+        min_length=1, description="Benchmark test file(s), test_<NAME>_format.json. Repeat or list several."
+    )
+    predictions: list[Path] = Field(
+        min_length=1,
+        description="Predictions: our JSONL (iadr1 infer; shards allowed) or the original's answers JSON. Several "
+        "allowed.",
+    )
+    out: Path = Field(description="Folder for metrics.json, accuracy.csv, plots, report.html.")
+    annotations: list[Path] = Field(
+        [], description="Ground-truth defect location/type: JSON/JSONL records {image, location, type}."
+    )
+    image_root: Path | None = Field(
+        None, description="Folder the test image paths are relative to (for the report's thumbnails)."
+    )
+    compat: bool = Field(
+        False, description="Label images as the original code does: normal when 'good' is in the path."
+    )
+    bootstrap: int = Field(1000, ge=0, le=1_000_000, description="Bootstrap replicates for 95% intervals (0: none).")
+    seed: int = Field(0, description="Seed of the bootstrap.")
+    name: str | None = Field(None, description="Run name (shown in the report and by `eval compare`).")
+    gallery_max: int = Field(300, ge=0, description="Most misjudged images shown in report.html.")
+    plots: bool = Field(True, description="Write the heatmap and per-class PNGs.")
 
 
 @app.callback()
@@ -80,36 +92,32 @@ def eval_(
         None,
         "--test-file",
         "-t",
-        help="Benchmark test file(s), test_<NAME>_format.json. Repeat or list several.",
+        help=field_help(EvalOptions, "test_files"),
     ),
     predictions: list[Path] = typer.Option(
         None,
         "--predictions",
         "-p",
-        help="Predictions: our JSONL (iadr1 infer; shards allowed) or the original's answers JSON. Several allowed.",
+        help=field_help(EvalOptions, "predictions"),
     ),
-    out: Path = typer.Option(
-        None, "--out", "--output-dir", "-o", help="Folder for metrics.json, accuracy.csv, plots, report.html."
-    ),
+    out: Path = typer.Option(None, "--out", "--output-dir", "-o", help=field_help(EvalOptions, "out")),
     annotations: list[Path] = typer.Option(
         None,
         "--annotations",
-        help="Ground-truth defect location/type: JSON/JSONL records {image, location, type}.",
+        help=field_help(EvalOptions, "annotations"),
     ),
     image_root: Path = typer.Option(
         None,
         "--image-root",
-        help="Folder the test image paths are relative to (for the report's thumbnails).",
+        help=field_help(EvalOptions, "image_root"),
     ),
-    compat: bool = typer.Option(
-        False, "--compat-labels", help="Label images as the original code does: normal when 'good' is in the path."
-    ),
+    compat: bool = typer.Option(False, "--compat-labels", help=field_help(EvalOptions, "compat")),
     compat_old: bool | None = typer.Option(None, "--compat", hidden=True),  # the 0.1 spelling
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap replicates for 95% intervals (0: none)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
-    name: str = typer.Option(None, "--name", help="Run name (shown in the report and by `eval compare`)."),
-    gallery_max: int = typer.Option(300, "--gallery-max", help="Most misjudged images shown in report.html."),
-    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write the heatmap and per-class PNGs."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help=field_help(EvalOptions, "bootstrap")),
+    seed: int = typer.Option(0, "--seed", help=field_help(EvalOptions, "seed")),
+    name: str = typer.Option(None, "--name", help=field_help(EvalOptions, "name")),
+    gallery_max: int = typer.Option(300, "--gallery-max", help=field_help(EvalOptions, "gallery_max")),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help=field_help(EvalOptions, "plots")),
 ) -> None:
     """Score predictions: balanced accuracy, Overkill and Miss (as the paper) and more, per dataset and class.
 

@@ -71,20 +71,25 @@ class BuildConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    shots: list[int] = Field(default_factory=lambda: [0], description="shot counts to write: 0, 1 or both")
-    seed: int = Field(0, description="seed of the record order, the validation split and the reference draw")
-    val_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction held out per (class, label)")
-    strict: bool = Field(False, description="fail on the first problem instead of skipping and recording it")
-    workers: int | None = Field(None, ge=1, description="image-check processes (default: CPU count)")
-    compat: bool = Field(False, description="GRPO problem text without the space the original forgot")
+    shots: list[int] = Field(
+        default_factory=lambda: [0], description="0 (zero-shot) and/or 1 (one reference); repeatable."
+    )
+    seed: int = Field(0, description="Seed of record order, validation split, reference draw, synthetic data.")
+    val_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Hold out this fraction per (class, label) as *_val.json files."
+    )
+    strict: bool = Field(False, description="Fail on any problem instead of skipping and recording it.")
+    workers: int | None = Field(None, ge=1, description="Image-check processes (default: CPU count).")
+    compat: bool = Field(False, description="GRPO problem text exactly as the original (no space before the question).")
     splits: list[str] | None = Field(
         None,
-        description="use only meta entries of these splits (train, test, template); default: every split but test",
+        description="Use only meta entries of this split (train, test, template); repeatable. Default: every split "
+        "but test. Naming test uses test images (warned).",
     )
     allow_test: bool = Field(
         False,
-        description="also train on test images (the meta's test split, the images of the test files given); "
-        "the report warns with their count",
+        description="Also train on test images (the meta's test split, the --test-file images); the count is warned "
+        "about.",
     )
 
     @field_validator("shots")
