@@ -95,11 +95,6 @@ def config_command(
     return command
 
 
-def given(values: dict[str, Any], cls: type) -> dict[str, Any]:
-    """The options the user gave (not None) that are fields of `cls`."""
-    return {k: v for k, v in values.items() if v is not None and k in cls.model_fields}
-
-
 def deprecated(console_err: Callable[[str], None], old: str, new: str) -> None:
     """One line for an option spelling kept for one release."""
     console_err(f"warning: {old} is deprecated and will be removed in the next release; use {new}")

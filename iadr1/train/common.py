@@ -151,9 +151,9 @@ def _safetensors_problem(path: Path) -> str | None:
             if n > size - 8:
                 return f"{path.name} is cut short"
             header = json.loads(f.read(n))
-    except (OSError, struct.error, ValueError, UnicodeDecodeError):
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, struct.error, ValueError, UnicodeDecodeError, AttributeError, KeyError, TypeError, IndexError):
         return f"{path.name} is unreadable"
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     return None if size == 8 + n + end else f"{path.name} is cut short ({size} of {8 + n + end} bytes)"
 
 
