@@ -352,7 +352,9 @@ def per_defect_accuracy(result: EvalResult) -> dict[str, float]:
     per-specie metric (`iadr1.eval.pipeline.per_specie`) for the demo's one dataset."""
     from iadr1.eval.pipeline import per_specie
 
-    rows = {sp: d for per_dataset in per_specie(result).values() for sp, d in per_dataset.items()}
+    # evaluate() stores the per-specie results with each dataset; a result built otherwise is scored here.
+    stored = {ds: d["species"] for ds, d in result.datasets.items() if "species" in d}
+    rows = {sp: d for per_dataset in (stored or per_specie(result)).values() for sp, d in per_dataset.items()}
     return {sp: round(rows[sp]["accuracy"], 1) for sp in sorted(rows)}
 
 
@@ -559,7 +561,8 @@ def summary_rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _curves(report: dict[str, Any], path: Path) -> Path | None:
     """The vision warm-up's held-out accuracy by epoch (when there was one), PA-SFT loss and SC-GRPO reward by
-    step, from the report and the training runs' logs (`log_history.json` beside each model)."""
+    step (the total, each reward, and the share of groups with zero reward spread), from the report and the
+    training runs' logs (`log_history.json` beside each model)."""
     try:
         import matplotlib
 
@@ -587,10 +590,14 @@ def _curves(report: dict[str, Any], path: Path) -> Path | None:
         logs = read_json(f) if f.is_file() else []
         pts = [(x["step"], x[key]) for x in logs if key in x and "step" in x]
         if key == "reward":
-            for sub, style in (("rewards/accuracy/mean", "--"), ("rewards/consistency/mean", ":")):
+            # Each reward, and the share of groups whose completions all scored alike (zero advantage: no signal).
+            subs = sorted({k for x in logs for k in x if k.startswith("rewards/") and k.endswith("/mean")})
+            for sub, style in zip(subs, ("--", ":", "-.") * len(subs), strict=False):
                 sp = [(x["step"], x[sub]) for x in logs if sub in x]
-                if sp:
-                    ax.plot(*zip(*sp, strict=True), style, label=sub.split("/")[1])
+                ax.plot(*zip(*sp, strict=True), style, label=sub.split("/")[1])
+            zero = [(x["step"], x["frac_reward_zero_std"]) for x in logs if "frac_reward_zero_std" in x]
+            if zero:
+                ax.plot(*zip(*zero, strict=True), color="grey", alpha=0.6, label="zero-spread share")
         if pts:
             ax.plot(*zip(*pts, strict=True), label=key)
         ax.set_title(label)

@@ -75,10 +75,3 @@ def grouped_auroc_aupr(
         ap = np.bincount(run_group, weights=run_tp * precision, minlength=n_groups) / n_pos
     aupr = np.where(n_pos > 0, ap, np.nan)
     return auroc, aupr
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Consistency
-# ------------------------------------------------------------------------------------------------------------
-# The two forms a trained model writes, exactly: think, location, type contents free of '<' (so no tag can hide in
-# them), no whitespace around the tags, lower-case tags, answer Yes/yes with location and type, No/no without.

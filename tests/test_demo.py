@@ -314,3 +314,11 @@ def test_cli_reads_a_config_file_and_set_options(monkeypatch, tmp_path: Path) ->
     assert (cfg.n_test, cfg.warmup_epochs, cfg.seed, cfg.out) == (60, 1, 5, Path("demo_out"))
     with pytest.raises(SystemExit):
         main(["demo", "--set", "n_tset=60"])
+    # training overrides merge key by key with the preset's (QUICK keeps its 2 SC-GRPO steps)
+    with pytest.raises(Stop):
+        main(["demo", "--quick", "--set", "grpo={lr: 1.0e-4}"])
+    assert seen["cfg"].grpo == {**QUICK["grpo"], "lr": 1e-4}
+    (tmp_path / "empty.yaml").write_text("grpo:\n")
+    with pytest.raises(Stop):
+        main(["demo", "--config", str(tmp_path / "empty.yaml"), "--grpo-steps", "3"])
+    assert seen["cfg"].grpo == {"max_steps": 3}

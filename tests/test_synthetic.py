@@ -247,3 +247,12 @@ def test_assembly_writes_what_the_cli_writes(ds, tmp_path):
           "--out", str(built)])  # fmt: skip
     for path in (ds.sft_file, ds.grpo_file, ds.sft_1shot_file, ds.grpo_1shot_file, ds.sft_val_file, ds.grpo_val_file):
         assert (built / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_synthetic_refuses_options_it_would_ignore(tmp_path, capsys):
+    from iadr1.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["build-data", "--synthetic", str(tmp_path / "s"), "--strict", "--split", "train"])
+    assert e.value.code == 1 and "--synthetic does not take --split, --strict" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

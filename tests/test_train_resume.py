@@ -329,3 +329,29 @@ def test_grpo_groups_without_reward_spread_are_warned_about(tiny_model_factory, 
         run_grpo(cfg)
     (line,) = [r.getMessage() for r in caplog.records if "same reward" in r.getMessage()]
     assert "3 logged steps" in line and "temperature" in line
+
+
+def test_other_ranks_read_the_main_ranks_verdict(tmp_path):
+    """Under a launcher only rank 0 decodes the images; the others drop what it dropped, or fail with its line."""
+    import contextlib
+
+    from iadr1.train.common import IMAGE_CHECK_FILENAME, checked_rows
+    from iadr1.train.config import SFTRunConfig
+
+    class Rank1:
+        process_index = 1
+
+        def main_process_first(self, local=True, desc=""):
+            assert local is False, "the verdict is global: rank 0 of all machines decides"
+            return contextlib.nullcontext()
+
+    rows = [{"images": ["a.png"], "_record": "r1"}, {"images": ["b.png"], "_record": "r2"}]
+    cfg = SFTRunConfig(model="m", dataset="d.jsonl", output_dir=tmp_path)
+    verdict = tmp_path / IMAGE_CHECK_FILENAME
+    verdict.write_text(
+        json.dumps({"images_checked": 2, "skipped": [{"record": "r2", "image": "b.png", "problem": "x"}]})
+    )
+    assert checked_rows(rows, cfg, Rank1()) == rows[:1]
+    verdict.write_text(json.dumps({"images_checked": 2, "error": "d.jsonl: record 'line 2': image b.png: corrupt"}))
+    with pytest.raises(DataError, match="image b.png: corrupt"):
+        checked_rows(rows, cfg, Rank1())

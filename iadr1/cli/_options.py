@@ -15,13 +15,15 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
 
-def option_error(e: ValidationError) -> ConfigError:
+def option_error(e: ValidationError, flags: dict[str, str] | None = None) -> ConfigError:
     """The first error of a config built from command-line options, as one line naming the option by its flag:
-    `--n-train: Input should be greater than 0` (a YAML config's errors: `iadr1.config.one_line`)."""
+    `--n-train: Input should be greater than 0` (a YAML config's errors: `iadr1.config.one_line`). `flags` maps
+    the fields whose flag is not `--field-name` (`{"test_files": "--test-file"}`)."""
     from iadr1.config import flag
 
     err = e.errors()[0]
-    return ConfigError(f"{flag(str(err['loc'][0]))}: {err['msg'].removeprefix('Value error, ')}")
+    field = str(err["loc"][0])
+    return ConfigError(f"{(flags or {}).get(field) or flag(field)}: {err['msg'].removeprefix('Value error, ')}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

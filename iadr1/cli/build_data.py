@@ -80,6 +80,17 @@ def build_data(
     if synthetic is not None:
         if meta is not None or annotations is not None or out is not None:
             raise ConfigError("--synthetic writes its own meta, annotations and files: drop --meta/--annotations/--out")
+        ignored = [
+            name
+            for name, given in (
+                ("--image-root", image_root is not None), ("--shots", shots != [0]), ("--split", bool(split)),
+                ("--test-file", bool(test_file)), ("--allow-test", allow_test), ("--strict", strict),
+                ("--workers", workers is not None), ("--compat-prompt", compat),
+            )
+            if given
+        ]  # fmt: skip
+        if ignored:  # the synthetic build has its own settings: an option it would ignore is an error, not silent
+            raise ConfigError(f"--synthetic does not take {', '.join(ignored)}")
         _synthetic(console, synthetic, n_train, n_test, size, defect_rate, seed, val_fraction)
         return
     if meta is None or out is None:
@@ -102,7 +113,7 @@ def build_data(
             allow_test=allow_test,
         )
     except ValidationError as e:
-        raise option_error(e) from None
+        raise option_error(e, {"splits": "--split", "compat": "--compat-prompt"}) from None
     root = image_root if image_root is not None else meta.parent
     with ProgressBars(console, transient=True) as on_progress:
         result = run(meta, annotations, root, out, config, on_progress=on_progress, test_files=test_file)

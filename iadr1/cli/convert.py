@@ -38,7 +38,7 @@ def convert(
         "--similar/--no-similar",
         help="Compute similar_templates (reads every test and reference image).",
     ),
-    workers: int = typer.Option(0, "--workers", min=0, help="Processes for image descriptors (0: all cores)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Threads for image descriptors (0: all cores)."),
     train_share: float | None = typer.Option(
         None,
         "--train-share",

@@ -55,20 +55,25 @@ def demo(
     from iadr1.demo import QUICK, DemoConfig, run_demo
 
     # Lowest first: the QUICK preset, a config file, --set, then the named options (iadr1.config's order).
-    options: dict[str, Any] = {**(QUICK if quick else {}), **(read_yaml(config) if config else {})}
-    options.update(parse_set_options(set_))
+    options: dict[str, Any] = {}
+    for layer in (QUICK if quick else {}, read_yaml(config) if config else {}, parse_set_options(set_)):
+        for key, value in layer.items():
+            if key in ("sft", "grpo") and isinstance(value, dict):  # training overrides merge key by key
+                options[key] = {**(options.get(key) or {}), **value}
+            else:
+                options[key] = value
     options.update({k: v for k, v in (("out", out), ("model", model), ("seed", seed)) if v is not None})
     if defects is not None:
         options["defects"] = SPECIES if defects.strip() == "all" else tuple(d.strip() for d in defects.split(","))
     if grpo_steps is not None:
-        options["grpo"] = {**options.get("grpo", {}), "max_steps": grpo_steps}
+        options["grpo"] = {**(options.get("grpo") or {}), "max_steps": grpo_steps}
     for key, value in (("n_train", n_train), ("grpo_prompt", grpo_prompt), ("warmup_epochs", warmup_epochs)):
         if value is not None:
             options[key] = value
     try:
         cfg = DemoConfig(**options)
     except ValidationError as e:
-        raise option_error(e) from None
+        raise option_error(e, {"sft": "--set sft=", "grpo": "--set grpo="}) from None
     # Pinned to the real stdout: while a trainer runs, the demo hides what it prints there.
     console = Console(file=sys.stdout)
     with ProgressBars(console) as on_progress:

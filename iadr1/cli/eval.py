@@ -144,7 +144,7 @@ def eval_(
             plots=plots,
         )
     except ValidationError as e:
-        raise option_error(e) from None
+        raise option_error(e, {"test_files": "--test-file", "compat": "--compat-labels"}) from None
     if out is None:
         raise ConfigError("--out DIR is required")
     _run(opts)

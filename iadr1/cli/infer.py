@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from iadr1.cli._options import Opt, config_command, deprecated
+from iadr1.cli._options import Opt, config_command, renamed
 
 # Flags of `iadr1 infer`; the help texts are InferConfig's field descriptions (iadr1/infer/runner.py).
 _OPTIONS: list[Opt] = [
@@ -20,13 +20,13 @@ _OPTIONS: list[Opt] = [
             ("model", str),
             ("test_file", Path),
             ("image_root", Path),
-            ("out", Path),
             ("backend", str),
             ("shots", int),
             ("template_kind", str),
             ("prompt_style", str),
         ]
     ),  # fmt: skip
+    Opt("out", ("--out", "--output-dir", "-o"), Path),
     Opt("grammar_prompt", ("--grammar-prompt/--no-grammar-prompt",), bool),
     *(
         Opt(name, ("--" + name.replace("_", "-"),), kind)
@@ -82,10 +82,7 @@ def _infer(**options: object) -> None:
     config, overwrite, quiet = options.pop("config"), bool(options.pop("overwrite")), bool(options.pop("quiet"))
     err = Console(stderr=True, highlight=False)
     for old, (new, spelling) in _RENAMED.items():
-        value = options.pop(old)
-        if value is not None:
-            deprecated(lambda text: err.print(text, markup=False), f"--{old.replace('_', '-')}", spelling)
-            options[new] = options[new] if options[new] is not None else value
+        options[new] = renamed(options[new], options.pop(old), f"--{old.replace('_', '-')}", spelling)
     missing = [f"--{n.replace('_', '-')}" for n in ("model", "test_file", "image_root", "out") if not options.get(n)]
     if config is None and missing:
         raise ConfigError(f"missing {', '.join(missing)}")

@@ -91,6 +91,12 @@ def balanced_accuracy(anomalous_correct: int, n_anomalous: int, normal_correct: 
 
 # Ranking metrics from p_yes: iadr1/ranking.py (a leaf module the training stage uses too).
 
+
+# ------------------------------------------------------------------------------------------------------------
+# Consistency
+# ------------------------------------------------------------------------------------------------------------
+# The two forms a trained model writes, exactly: think, location, type contents free of '<' (so no tag can hide in
+# them), no whitespace around the tags, lower-case tags, answer Yes/yes with location and type, No/no without.
 _CANONICAL = re.compile(
     r"<think>[^<]*</think>"
     r"(?:<answer>[Nn]o</answer>|<location>[^<]*</location><type>[^<]*</type><answer>[Yy]es</answer>)"

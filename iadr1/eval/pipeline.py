@@ -194,7 +194,8 @@ def per_specie(result: EvalResult) -> dict[str, dict[str, dict[str, Any]]]:
     n_right = np.bincount(group, weights=right, minlength=size)
     judged = []
     for a in (result.location_ok, result.type_ok):
-        ok = ~np.isnan(a) if len(a) else np.zeros(len(gt), bool)
+        a = a if len(a) else np.full(len(gt), np.nan)  # no annotations: nothing judged
+        ok = ~np.isnan(a)
         judged.append((np.bincount(group[ok], weights=a[ok], minlength=size), np.bincount(group[ok], minlength=size)))
     order = [0, *sorted(range(1, n_sp), key=gt.species.__getitem__)]
     out: dict[str, dict[str, dict[str, Any]]] = {}

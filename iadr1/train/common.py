@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iadr1.errors import ConfigError
+from iadr1.errors import ConfigError, DataError
 from iadr1.models.registry import Family, family_of
 
 if TYPE_CHECKING:
@@ -63,15 +63,23 @@ def checked_rows(rows: list[dict[str, Any]], cfg: _RunConfig, args: Any) -> list
     from iadr1.train.data import RECORD_KEY, check_images
 
     path = Path(cfg.output_dir) / IMAGE_CHECK_FILENAME
-    with args.main_process_first(desc="checking training images"):
+    # Global (not per-node) main first: the other ranks read rank 0's verdict, which on several machines needs
+    # the output folder on a shared file system (as checkpoints do anyway).
+    with args.main_process_first(local=False, desc="checking training images"):
         if args.process_index == 0:
-            kept, problems = check_images(rows, skip_bad=cfg.skip_bad_images)
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(
-                path, {"images_checked": len({p for r in rows for p in r["images"]}), "skipped": problems}
-            )
+            checked = len({p for r in rows for p in r["images"]})
+            try:
+                kept, problems = check_images(rows, skip_bad=cfg.skip_bad_images)
+            except DataError as e:  # the other ranks fail with the same line, not a missing-file traceback
+                atomic_write_json(path, {"images_checked": checked, "error": str(e)})
+                raise
+            atomic_write_json(path, {"images_checked": checked, "skipped": problems})
         else:
-            problems = json.loads(path.read_text())["skipped"]
+            verdict = json.loads(path.read_text())
+            if "error" in verdict:
+                raise DataError(verdict["error"])
+            problems = verdict["skipped"]
             dropped = {p["record"] for p in problems}
             kept = [r for r in rows if r[RECORD_KEY] not in dropped]
     if problems:
