@@ -182,7 +182,7 @@ def test_duplicate_keys_are_one_line_errors_naming_file_and_record(tmp_path):
     with pytest.raises(DataError, match=r"r.jsonl: line 2: key 'a' appears twice"):
         list(io.iter_jsonl(lines))
     assert [o for _, o in io.iter_jsonl(lines, unique_keys=False)] == [{"a": 1}, {"a": 2}]
-    assert io.read_json_or_jsonl(lines, unique_keys=False) == [{"a": 1}, {"a": 2}]
+    assert [o for _, o in io.iter_records(lines, unique_keys=False)] == [{"a": 1}, {"a": 2}]
 
 
 def test_prediction_p_yes_must_be_finite():

@@ -322,11 +322,6 @@ def iter_records(
         )
 
 
-def read_json_or_jsonl(path: str | os.PathLike, unique_keys: bool = True) -> list[Any]:
-    """The records of a records file (`iter_records`), without their keys."""
-    return [obj for _, obj in iter_records(path, unique_keys)]
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Paths
 # ---------------------------------------------------------------------------------------------------------------------
