@@ -34,3 +34,24 @@ def test_imports_point_down_the_stages():
             if imported != "iadr1" and _rank(imported) > _rank(module):
                 wrong.append(f"{module} imports {imported}")
     assert not wrong, wrong
+
+
+def test_every_visible_option_of_every_command_has_help():
+    """Help texts live on the config models and the commands read them: none may come out empty."""
+    import click
+    import typer
+
+    from iadr1.cli import app
+
+    def walk(cmd: click.Command, path: str):
+        yield path, cmd
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    empty = [
+        f"{path} {p.opts[0]}"
+        for path, cmd in walk(typer.main.get_command(app), "iadr1")
+        for p in cmd.params
+        if isinstance(p, click.Option) and not p.hidden and not (p.help or "").strip() and p.opts[0] != "--help"
+    ]
+    assert not empty, empty

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from pydantic import BaseModel, Field
 
-from iadr1.cli._options import renamed
+from iadr1.cli._options import field_help, renamed
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -15,37 +16,50 @@ if TYPE_CHECKING:
 LAYOUT_CHOICES = ("mvtec", "visa", "mpdd", "dtd", "sdd", "dagm", "folder")
 
 
-def convert(
-    root: Path = typer.Option(..., "--root", help="Data root: the dataset folder (folder layout: its parent)."),
-    layout: str | None = typer.Option(
-        None, "--layout", help=f"Layout to scan: {', '.join(LAYOUT_CHOICES)}. Omit to read --meta instead."
-    ),
-    dataset: str | None = typer.Option(
+class ConvertOptions(BaseModel):
+    """The options of `iadr1 convert`; the field descriptions are the `--help` texts."""
+
+    root: Path = Field(description="Data root: the dataset folder (folder layout: its parent).")
+    layout: str | None = Field(
+        None, description=f"Layout to scan: {', '.join(LAYOUT_CHOICES)}. Omit to read --meta instead."
+    )
+    dataset: str | None = Field(
         None,
-        "--dataset",
-        help="Dataset name that keys start with. Folder layout: the folder under ROOT to scan (required). "
+        description="Dataset name that keys start with. Folder layout: the folder under ROOT to scan (required). "
         "Other layouts: defaults to the name of ROOT.",
-    ),
-    meta: Path | None = typer.Option(
-        None, "--meta", help="meta.json: written when --layout is given, else read (AnomalyCLIP format)."
-    ),
-    test_file: Path | None = typer.Option(None, "--test-file", help="Benchmark test file to write (JSON)."),
-    templates: int = typer.Option(4, "--num-templates", min=0, help="K: reference templates per image (0: none)."),
-    templates_old: int | None = typer.Option(None, "--templates", min=0, hidden=True),  # the 0.1 spelling
-    seed: int = typer.Option(0, "--seed", help="Seed of the random templates and of the --train-share draw."),
-    similar: bool = typer.Option(
-        True,
-        "--similar/--no-similar",
-        help="Compute similar_templates (reads every test and reference image).",
-    ),
-    workers: int = typer.Option(0, "--workers", min=0, help="Threads for image descriptors (0: all cores)."),
-    train_share: float | None = typer.Option(
+    )
+    meta: Path | None = Field(
+        None, description="meta.json: written when --layout is given, else read (AnomalyCLIP format)."
+    )
+    test_file: Path | None = Field(None, description="Benchmark test file to write (JSON).")
+    templates: int = Field(4, ge=0, description="K: reference templates per image (0: none).")
+    seed: int = Field(0, description="Seed of the random templates and of the --train-share draw.")
+    similar: bool = Field(True, description="Compute similar_templates (reads every test and reference image).")
+    workers: int = Field(0, ge=0, description="Threads for image descriptors (0: all cores).")
+    train_share: float | None = Field(
         None,
-        "--train-share",
-        help="Move this share (0-1) of each (class, defect type) of the test images, normal and defective alike, to "
-        "the meta's train split and out of the test file: training images with defects that never meet the test set. "
-        "Needs --layout and --meta.",
-    ),
+        description="Move this share (0-1) of each (class, defect type) of the test images, normal and defective "
+        "alike, to the meta's train split and out of the test file: training images with defects that never meet "
+        "the test set. Needs --layout and --meta.",
+    )
+
+
+def _help(name: str) -> str:
+    return field_help(ConvertOptions, name)
+
+
+def convert(
+    root: Path = typer.Option(..., "--root", help=_help("root")),
+    layout: str | None = typer.Option(None, "--layout", help=_help("layout")),
+    dataset: str | None = typer.Option(None, "--dataset", help=_help("dataset")),
+    meta: Path | None = typer.Option(None, "--meta", help=_help("meta")),
+    test_file: Path | None = typer.Option(None, "--test-file", help=_help("test_file")),
+    templates: int = typer.Option(4, "--num-templates", min=0, help=_help("templates")),
+    templates_old: int | None = typer.Option(None, "--templates", min=0, hidden=True),  # the 0.1 spelling
+    seed: int = typer.Option(0, "--seed", help=_help("seed")),
+    similar: bool = typer.Option(True, "--similar/--no-similar", help=_help("similar")),
+    workers: int = typer.Option(0, "--workers", min=0, help=_help("workers")),
+    train_share: float | None = typer.Option(None, "--train-share", help=_help("train_share")),
 ) -> None:
     """Convert a dataset layout to meta.json and/or a benchmark test file with k-shot templates.
 
