@@ -28,17 +28,12 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     non-mapping is a one-line ConfigError."""
     import yaml
 
+    from iadr1.data.io import read_text
+
     path = Path(path)
+    text = read_text(path, "config file", error=ConfigError)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a config file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (expected UTF-8 YAML)") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the config file ({e.strerror or type(e).__name__})") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

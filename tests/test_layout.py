@@ -9,7 +9,8 @@ import iadr1
 
 PACKAGE = Path(iadr1.__file__).parent
 # Lower rank = earlier stage. A module may import its own rank or lower, never a later stage (shared leaves: 0).
-RANK = {"data": 1, "train": 2, "infer": 3, "eval": 4, "demo": 5, "cli": 6, "__main__": 7}
+# `config` reads files through `data.io`, so it sits on the data layer.
+RANK = {"data": 1, "config": 1, "train": 2, "infer": 3, "eval": 4, "demo": 5, "cli": 6, "__main__": 7}
 
 
 def _rank(module: str) -> int:

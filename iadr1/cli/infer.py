@@ -10,12 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from iadr1.cli._options import Opt, config_command, renamed
+from iadr1.config import flag
 
 # Flags of `iadr1 infer`; the help texts are InferConfig's field descriptions (iadr1/infer/runner.py).
 _OPTIONS: list[Opt] = [
     Opt("config", ("--config",), Path, help="YAML file of these options; flags override it."),
+    Opt("out", ("--out", "--output-dir", "-o"), Path),
+    Opt("grammar_prompt", ("--grammar-prompt/--no-grammar-prompt",), bool),
+    # The rest are spelled as their field (`max_new_tokens` -> `--max-new-tokens`).
     *(
-        Opt(name, ("--" + name.replace("_", "-"),), kind)
+        Opt(name, (flag(name),), kind)
         for name, kind in [
             ("model", str),
             ("test_file", Path),
@@ -24,13 +28,6 @@ _OPTIONS: list[Opt] = [
             ("shots", int),
             ("template_kind", str),
             ("prompt_style", str),
-        ]
-    ),  # fmt: skip
-    Opt("out", ("--out", "--output-dir", "-o"), Path),
-    Opt("grammar_prompt", ("--grammar-prompt/--no-grammar-prompt",), bool),
-    *(
-        Opt(name, ("--" + name.replace("_", "-"),), kind)
-        for name, kind in [
             ("limit", int),
             ("shard", int),
             ("num_shards", int),

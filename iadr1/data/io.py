@@ -202,6 +202,22 @@ def _duplicate_where(text: str) -> str:
     return str(DuplicateKeyError(repeats[0][1])) if repeats else "a key appears twice"
 
 
+def read_text(path: str | os.PathLike, what: str = "file", error: type[Exception] = DataError) -> str:
+    """A UTF-8 text file's content; a missing, unreadable or binary file is one line (`error`) naming it, never a
+    traceback. `what` names the expected kind when a folder stands there ("JSON file", "config file")."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, expected a {what}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:  # permission denied, a dead network mount...: still one line, not a traceback
+        raise error(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+
+
 def read_json(path: str | os.PathLike, unique_keys: bool = True) -> Any:
     """Read a JSON file; a missing file or a syntax error is a one-line `DataError` naming the file and position.
 
@@ -209,16 +225,7 @@ def read_json(path: str | os.PathLike, unique_keys: bool = True) -> Any:
     record holding it: plain JSON readers keep the last value silently, which loses a record or a field.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, expected a JSON file") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:  # permission denied, a dead network mount...: still one line, not a traceback
-        raise DataError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    text = read_text(path, "JSON file")
     try:
         return loads_json(text, unique_keys)
     except DuplicateKeyError:
