@@ -4,9 +4,12 @@
     python benchmarks/bench_demo.py --set n_train=3000 --set 'sft={"lr": 2e-3}' --json /tmp/demo.json
     python benchmarks/bench_demo.py --quick               # the shortened run of tests/test_demo.py
 
-The bar (issue 7): balanced accuracy >= 80 after PA-SFT; SC-GRPO keeps it >= SFT - 2 and brings the consistency
-rate to >= 95. Also printed: the train-set vs test-set accuracy of the PA-SFT model on as many training images as
-test images (over- vs under-fitting), the load average while running, and the wall time of each stage.
+The bar (issues 7 and 14): after PA-SFT, balanced accuracy >= 90, type accuracy >= 39.3 and location accuracy
+>= 16.9 (the figures before SC-GRPO was made to work: PA-SFT is not weakened to widen the margin); SC-GRPO raises
+the mean of type and location accuracy by >= 8 points with neither lower, keeps balanced accuracy >= SFT - 1 and
+the consistency rate >= 95; the whole demo takes <= 10 minutes. Also printed: the gain's bootstrap standard error,
+the train-set vs test-set accuracy of the PA-SFT model on as many training images as test images (over- vs
+under-fitting), the load average while running, and the wall time of each stage.
 Exit status 1 when the bar is missed (so that CI can run it), 0 otherwise.
 """
 
@@ -21,9 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-BAR_SFT_BA = 80.0
-BAR_GRPO_DROP = 2.0
+BAR_SFT_BA = 90.0
+BAR_SFT_TYPE = 39.3
+BAR_SFT_LOCATION = 16.9
+BAR_GAIN = 8.0
+BAR_GRPO_DROP = 1.0
 BAR_GRPO_CONSISTENCY = 95.0
+BAR_WALL_SECONDS = 600.0
 
 
 def train_set_accuracy(report: dict[str, Any], n: int, batch_size: int, max_new_tokens: int, max_pixels: int) -> float:
@@ -92,14 +99,26 @@ def main() -> None:
 
     rows = summary_rows(report)
     sft, grpo = rows["sft"], rows["grpo"]
+    gain = report["interpretation_gain"]
+
+    def at_least(x: float | None, bar: float) -> bool:
+        return x is not None and x >= bar
+
     checks = {
-        f"PA-SFT balanced accuracy >= {BAR_SFT_BA:g}": sft["balanced_accuracy"] >= BAR_SFT_BA,
+        f"PA-SFT balanced accuracy >= {BAR_SFT_BA:g}": at_least(sft["balanced_accuracy"], BAR_SFT_BA),
+        f"PA-SFT type accuracy >= {BAR_SFT_TYPE:g}": at_least(sft["type_accuracy"], BAR_SFT_TYPE),
+        f"PA-SFT location accuracy >= {BAR_SFT_LOCATION:g}": at_least(sft["location_accuracy"], BAR_SFT_LOCATION),
+        f"SC-GRPO mean of type and location accuracy >= SFT + {BAR_GAIN:g}": at_least(gain["gain"], BAR_GAIN),
+        "SC-GRPO type accuracy >= SFT": at_least(gain["type_gain"], 0.0),
+        "SC-GRPO location accuracy >= SFT": at_least(gain["location_gain"], 0.0),
         f"SC-GRPO balanced accuracy >= SFT - {BAR_GRPO_DROP:g}": grpo["balanced_accuracy"]
         >= sft["balanced_accuracy"] - BAR_GRPO_DROP,
         f"SC-GRPO consistency rate >= {BAR_GRPO_CONSISTENCY:g}": grpo["consistency_rate"] >= BAR_GRPO_CONSISTENCY,
+        f"whole demo <= {BAR_WALL_SECONDS:g} s": wall <= BAR_WALL_SECONDS,
     }
     figures = {
         "stages": rows,
+        "interpretation_gain": gain,
         "per_defect_accuracy": {s: m["per_defect_accuracy"] for s, m in report["stages"].items()},
         "vision_warmup_held_out": (report.get("vision_warmup") or {}).get("final"),
         "vision_warmup_seconds": (report.get("vision_warmup") or {}).get("seconds"),

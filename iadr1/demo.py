@@ -2,22 +2,24 @@
 evaluated after each stage on held-out images, with a report. A composition of the library's public functions:
 
     from iadr1.demo import DemoConfig, run_demo
-    report = run_demo(DemoConfig(out="demo_out"))   # ~210 s wall, ~370 CPU-seconds on 2 cores (docs/demo.md)
+    report = run_demo(DemoConfig(out="demo_out"))   # ~7 min wall on 2 cores (docs/demo.md)
     report["stages"]["sft"]["balanced_accuracy"]
 
 Steps (each writes into `out`):
 
 1. `data/`: the synthetic benchmark (`iadr1.data.synthetic.make_dataset`), train and held-out test images.
-2. `model_untrained/`: a random tiny Qwen2-VL (`iadr1.models.tiny.build_tiny`, 7 px patches) whose tokenizer is
-   also trained on the training answers (so they take few tokens); `model_warm/`: the same with its vision tower
-   warmed up on the training masks (`iadr1.train.vision`, the stand-in for a pretrained encoder). Or the
+2. `model_untrained/`: a random tiny Qwen3-VL (`iadr1.models.tiny.build_tiny`, 7 px patches; its tower's absolute
+   position embeddings let a token say where it is) whose tokenizer is also trained on the training answers (so
+   they take few tokens); `model_warm/`: the same with its vision tower warmed up on the training masks and
+   defect folders (`iadr1.train.vision`: that, what and where; the stand-in for a pretrained encoder). Or the
    checkpoint given as `model`, used as it is.
 3. `eval_untrained/`, `eval_sft/`, `eval_grpo/`: `iadr1.infer` (transformers, greedy) on the test images, scored
    and written by `iadr1.eval` (metrics.json, accuracy.csv, plots, report.html beside predictions.jsonl).
 4. `sft/`: PA-SFT (`iadr1.train.sft.run_sft`); `grpo/`: SC-GRPO (`iadr1.train.grpo.run_grpo`) from the SFT
    model, both with the packaged recipe `demo` (`iadr1/train/recipes/demo/`, what `iadr1 sft --recipe demo`
    runs); `DemoConfig.sft` / `.grpo` override it.
-5. `report.json`, `report.md`, `report.html`, `curves.png`.
+5. `report.json` (with `interpretation_gain`: SC-GRPO's change of the mean of type and location accuracy and its
+   standard error), `report.md`, `report.html`, `curves.png`.
 
 The core draws nothing: `run_demo` reports progress through `on_progress(task, done, total, info)` and its
 one-line results through `on_message(text)`; `iadr1 demo` passes callbacks that draw (iadr1/cli/_progress.py).
@@ -82,7 +84,9 @@ class DemoConfig(BaseModel):
     seed: int = Field(0, description="Seed of the data, the model and training.")
     # --- data -------------------------------------------------------------------------------------------------
     n_train: int = Field(6000, description="Synthetic training images (half defective).")
-    n_test: int = Field(200, description="Held-out test images (half defective).")
+    n_test: int = Field(
+        400, description="Held-out test images (half defective): 200 defective ones judge type and location."
+    )
     size: int = Field(96, description="Image side in pixels.")
     contrast: tuple[float, float] = Field((0.8, 1.0), description="Defect strength range (make_dataset).")
     scale: tuple[float, float] = Field((1.0, 1.3), description="Defect size range (make_dataset).")
@@ -95,7 +99,11 @@ class DemoConfig(BaseModel):
         "short",
         description="short: a one-line <think> (decision first, ~25 tokens); full: the dataset's ~115-token reasoning.",
     )
-    sft_images: int | None = Field(2000, description="PA-SFT records drawn (seeded) for one pass; None: all.")
+    sft_images: int | None = Field(
+        None,
+        description="PA-SFT records drawn (seeded) for one pass; None: all (the language model needs ~3000 defective "
+        "answers to learn to read where the defect is: docs/demo.md).",
+    )
     grpo_prompt: Literal["sft", "published"] = Field(
         "sft", description="sft: ask the PA-SFT question in SC-GRPO too; published: the paper's GRPO preamble."
     )
@@ -111,7 +119,21 @@ class DemoConfig(BaseModel):
         return v
 
     # --- tiny model -------------------------------------------------------------------------------------------
-    family: str = "qwen2_vl"
+    family: str = Field(
+        "qwen3_vl",
+        description="Tiny model family (a Qwen family: the warm-up needs its patch grid). qwen3_vl: its tower's "
+        "absolute position embeddings let each image token say where it is (docs/demo.md).",
+    )
+
+    @field_validator("family")
+    @classmethod
+    def _tiny_family(cls, v: str) -> str:
+        from iadr1.models.tiny import TINY_FAMILIES
+
+        if v not in TINY_FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(TINY_FAMILIES)}; got {v!r}")
+        return v
+
     hidden_size: int = 256
     num_layers: int = 4
     vocab_size: int = 2000
@@ -146,9 +168,10 @@ class DemoConfig(BaseModel):
 
 
 QUICK: dict[str, Any] = {
-    # The shortened demo of the test suite (~90 s on 2 free cores): the same model and design on a third of the
-    # images, one PA-SFT pass over all of them, two SC-GRPO steps of 2 prompts x G = 4. It learns the decision
-    # too (docs/demo.md: balanced accuracy 0 -> 81 after PA-SFT, 84 after SC-GRPO, on 64 held-out images).
+    # The shortened demo of the test suite (~115 s on 2 free cores): the same model and design on a third of the
+    # images, one PA-SFT pass over all of them, two SC-GRPO steps of 1 prompt x G = 8. It learns the decision and
+    # the kind (docs/demo.md: balanced accuracy 0 -> 82.8 after PA-SFT and SC-GRPO, type 76.2, location 28.6 of
+    # the defects found among 64 held-out images: 2000 answers are too few to learn to read the location).
     "n_train": 2000,
     "n_test": 64,
     "warmup_epochs": 4,
@@ -419,6 +442,64 @@ def evaluate_stage(
     return metrics
 
 
+def interpretation_gain(
+    test_file: str | os.PathLike,
+    annotations: str | os.PathLike,
+    before: str | os.PathLike,
+    after: str | os.PathLike,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The gain in *interpretation* from the predictions file `before` to `after` (the same test images): the
+    mean of type and location accuracy, each as eval judges it (on the defective images the stage found), after
+    minus before, with its bootstrap standard error (test images drawn with replacement, the same draw for
+    both stages, so the error is that of the paired difference).
+
+    Returns `{"before", "after", "gain", "standard_error", "type_gain", "location_gain", "n_boot"}` (points)."""
+    import numpy as np
+
+    from iadr1.eval.pipeline import evaluate
+
+    res = [evaluate([test_file], [p], annotations=[annotations], n_boot=0) for p in (before, after)]
+    if res[0].gt.images != res[1].gt.images:
+        raise ConfigError(f"{before} and {after}: not the same test images")
+    loc = np.stack([r.location_ok for r in res])  # (2, images), NaN where not judged
+    typ = np.stack([r.type_ok for r in res])
+
+    def score(weights: np.ndarray) -> np.ndarray:
+        """Type, location and their mean per stage under per-image `weights` (draws x images)."""
+
+        def acc(ok: np.ndarray) -> np.ndarray:  # (draws, 2)
+            judged = ~np.isnan(ok)
+            right = np.where(judged, ok, 0.0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return 100 * (weights @ right.T) / (weights @ judged.T)
+
+        t, lo = acc(typ), acc(loc)
+        return np.stack([t, lo, (t + lo) / 2])  # (3, draws, 2)
+
+    point = score(np.ones((1, loc.shape[1])))[:, 0]  # (3, 2)
+    rng = np.random.default_rng(seed)
+    n = loc.shape[1]
+    draws = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]).astype(float)
+    boot = score(draws)
+    diff = boot[2, :, 1] - boot[2, :, 0]
+    diff = diff[~np.isnan(diff)]
+
+    def r(x: float) -> float | None:
+        return None if np.isnan(x) else round(float(x), 2)
+
+    return {
+        "before": r(point[2, 0]),
+        "after": r(point[2, 1]),
+        "gain": r(point[2, 1] - point[2, 0]),
+        "standard_error": r(diff.std(ddof=1)) if len(diff) > 1 else None,
+        "type_gain": r(point[0, 1] - point[0, 0]),
+        "location_gain": r(point[1, 1] - point[1, 0]),
+        "n_boot": n_boot,
+    }
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The demo
 # ------------------------------------------------------------------------------------------------------------
@@ -530,11 +611,20 @@ def run_demo(
     with _trainer_prints_hidden():
         grpo_model = run_grpo(grpo_cfg, callbacks=[bar])
     report_stage("grpo", grpo_model, time.perf_counter() - t0)
+    gain = interpretation_gain(
+        ds.test_file, ds.annotations, *(out / f"eval_{s}" / "predictions.jsonl" for s in ("sft", "grpo"))
+    )
+    say(
+        f"SC-GRPO over PA-SFT: mean of type and location accuracy {_fmt(gain['before'])} -> {_fmt(gain['after'])} "
+        f"({_signed(gain['gain'])} +- {_fmt(gain['standard_error'])} points; type {_signed(gain['type_gain'])}, "
+        f"location {_signed(gain['location_gain'])})"
+    )
 
     # --- Report ------------------------------------------------------------------------------------------------
     step(5)
     report = {
         "stages": stages,
+        "interpretation_gain": gain,
         "vision_warmup": warmup,
         "config": cfg.model_dump(mode="json"),
         "training": {"sft": sft_cfg.model_dump(mode="json"), "grpo": grpo_cfg.model_dump(mode="json")},
@@ -552,6 +642,10 @@ def run_demo(
 # ------------------------------------------------------------------------------------------------------------
 def _fmt(x: Any, digits: int = 1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _signed(x: Any, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:+.{digits}f}"
 
 
 def summary_rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -576,8 +670,8 @@ def _curves(report: dict[str, Any], path: Path) -> Path | None:
     fig, axes = plt.subplots(1, 3 if warm else 2, figsize=(15 if warm else 10, 3.5))
     if warm:
         ax, axes = axes[0], axes[1:]
-        for key, style in (("accuracy", "-"), ("auroc", "--")):
-            pts = [(h["epoch"], h["held_out"][key]) for h in warm if h.get("held_out")]
+        for key, style in (("accuracy", "-"), ("auroc", "--"), ("kind_accuracy", ":"), ("position_accuracy", "-.")):
+            pts = [(h["epoch"], h["held_out"][key]) for h in warm if (h.get("held_out") or {}).get(key) is not None]
             if pts:
                 ax.plot(*zip(*pts, strict=True), style, marker="o", label=key)
         ax.set_title("Vision warm-up: the tower alone, held-out")
@@ -627,6 +721,15 @@ def _markdown(report: dict[str, Any], curves: Path | None) -> str:
     ]
     for key, label in TABLE_METRICS:
         lines.append(f"| {label} | " + " | ".join(_fmt(st[s].get(key)) for s in names) + " |")
+    gain = report.get("interpretation_gain")
+    if gain:
+        lines += [
+            "",
+            f"Interpretation (the mean of type and location accuracy, on the defective images each stage found): "
+            f"{_fmt(gain['before'])} after PA-SFT, {_fmt(gain['after'])} after SC-GRPO, a gain of "
+            f"{_signed(gain['gain'])} points (bootstrap standard error {_fmt(gain['standard_error'])}; type "
+            f"{_signed(gain['type_gain'])}, location {_signed(gain['location_gain'])}).",
+        ]
     lines += [
         "",
         "Each stage's evaluation, as `iadr1 eval` writes it (metrics.json, accuracy.csv, plots, the misjudged "
@@ -640,18 +743,21 @@ def _markdown(report: dict[str, Any], curves: Path | None) -> str:
             "## Vision warm-up",
             "",
             f"The tiny model's vision tower was trained on the {warm['train_images']} training images' defect masks "
+            "and kinds "
             f"before PA-SFT ({warm['seconds']:.0f} s; `iadr1.train.vision`)"
             + (", then frozen" if frozen else "")
-            + ". Its own verdict (top image token > 0) on the held-out images, by epoch (epoch 0: the random tower):",
+            + ". Its own verdict (top image token > 0) on the held-out images, by epoch (epoch 0: the random tower); "
+            "kind: the top token names the defect kind; position: each token names its own 3x3 cell:",
             "",
-            "| epoch | loss | accuracy | AUROC |",
-            "|---:|---:|---:|---:|",
+            "| epoch | loss | accuracy | AUROC | kind | position |",
+            "|---:|---:|---:|---:|---:|---:|",
         ]
         for h in warm["history"]:
             ho = h.get("held_out") or {}
-            lines.append(
-                f"| {h['epoch']} | {_fmt(h.get('loss'), 3)} | {_fmt(ho.get('accuracy'))} | {_fmt(ho.get('auroc'))} |"
-            )
+            cells = [_fmt(h.get("loss"), 3)] + [
+                _fmt(ho.get(k)) for k in ("accuracy", "auroc", "kind_accuracy", "position_accuracy")
+            ]
+            lines.append(f"| {h['epoch']} | " + " | ".join(cells) + " |")
     if curves is not None:
         lines += ["", "## Training curves", "", f"![training curves]({curves.name})"]
     species = sorted({sp for s in names for sp in st[s].get("per_defect_accuracy", {})})
@@ -703,6 +809,7 @@ __all__ = [
     "TABLE_METRICS",
     "DemoConfig",
     "evaluate_stage",
+    "interpretation_gain",
     "per_defect_accuracy",
     "run_demo",
     "summary_rows",

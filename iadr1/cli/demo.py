@@ -21,10 +21,11 @@ def demo(
         None, "--out", "--output-dir", "-o", help="Output folder (data, models, report; default demo_out)."
     ),
     model: Path | None = typer.Option(None, "--model", "-m", help=field_help(DemoConfig, "model")),
-    quick: bool = typer.Option(False, "--quick", help="The shortened demo of the test suite (about 90 s)."),
+    quick: bool = typer.Option(False, "--quick", help="The shortened demo of the test suite (about 2 minutes)."),
     seed: int | None = typer.Option(None, "--seed", help=field_help(DemoConfig, "seed", with_default=True)),
+    family: str | None = typer.Option(None, "--family", help=field_help(DemoConfig, "family", with_default=True)),
     n_train: int | None = typer.Option(None, "--n-train", help=field_help(DemoConfig, "n_train", with_default=True)),
-    grpo_steps: int | None = typer.Option(None, "--grpo-steps", help="SC-GRPO optimizer steps (recipe demo: 20)."),
+    grpo_steps: int | None = typer.Option(None, "--grpo-steps", help="SC-GRPO optimizer steps (recipe demo: 60)."),
     grpo_prompt: str | None = typer.Option(
         None, "--grpo-prompt", help=field_help(DemoConfig, "grpo_prompt", with_default=True)
     ),
@@ -67,7 +68,8 @@ def demo(
         options["defects"] = SPECIES if defects.strip() == "all" else tuple(d.strip() for d in defects.split(","))
     if grpo_steps is not None:
         options["grpo"] = {**(options.get("grpo") or {}), "max_steps": grpo_steps}
-    for key, value in (("n_train", n_train), ("grpo_prompt", grpo_prompt), ("warmup_epochs", warmup_epochs)):
+    named = (("n_train", n_train), ("grpo_prompt", grpo_prompt), ("warmup_epochs", warmup_epochs), ("family", family))
+    for key, value in named:
         if value is not None:
             options[key] = value
     try:

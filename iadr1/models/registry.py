@@ -89,6 +89,17 @@ FAMILIES: dict[str, Family] = {
             description="Qwen2.5-VL (3B/7B/72B-Instruct; Anomaly-R1)",
         ),
         Family(
+            name="qwen3_vl",
+            model_types=("qwen3_vl",),
+            model_class="Qwen3VLForConditionalGeneration",
+            trainable=True,
+            lora_target_modules=_LM_ATTENTION,
+            frozen_modules=_QWEN_VISION,  # the deep-stack mergers live inside `visual` too
+            dynamic_resolution=True,
+            image_token="<|vision_start|><|image_pad|><|vision_end|>",
+            description="Qwen3-VL (2B/4B/8B-Instruct; not in the paper)",
+        ),
+        Family(
             name="llava",
             model_types=("llava",),
             model_class="LlavaForConditionalGeneration",

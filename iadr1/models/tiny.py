@@ -23,7 +23,7 @@ from pathlib import Path
 
 from iadr1.errors import ConfigError
 
-TINY_FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "llava", "llava_next", "llava_onevision")
+TINY_FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "llava_onevision")
 
 # 56x56 .. 112x112 px: 4 to 16 image tokens per image for the Qwen families (14 px patches merged 2x2).
 TINY_MIN_PIXELS = 56 * 56
@@ -353,6 +353,15 @@ def _build_qwen(
         max_pixels=TINY_MAX_PIXELS,
         patch_size=patch,
     )
+    # The towers of Qwen2.5-VL and Qwen3-VL share these options (an MLP width, a merger to the text width).
+    later_tower = {
+        "depth": v["depth"] or 2,
+        "hidden_size": vis_dim,
+        "intermediate_size": vis_dim * 2,
+        "num_heads": heads,
+        "out_hidden_size": hidden_size,
+        "patch_size": patch,
+    }
     if family == "qwen2_vl":
         from transformers import (
             Qwen2VLConfig,
@@ -375,6 +384,27 @@ def _build_qwen(
             Qwen2VLProcessor,
             Qwen2VLVideoProcessor,
         )
+    elif family == "qwen3_vl":
+        from transformers import (
+            Qwen3VLConfig,
+            Qwen3VLForConditionalGeneration,
+            Qwen3VLProcessor,
+            Qwen3VLVideoProcessor,
+        )
+
+        # Qwen3-VL: learned absolute position embeddings in the tower (bilinearly interpolated to each image's
+        # patch grid; here one per patch of a 112 px image), interleaved M-RoPE in the language model, deep-stack
+        # features of the first block added to the first language-model layer, q/k norms, head_dim 64.
+        grid = -(-112 // patch)
+        vision = {**later_tower, "num_position_embeddings": grid * grid, "deepstack_visual_indexes": [0]}
+        text["head_dim"] = head_dim
+        text["rope_parameters"] = {**text["rope_parameters"], "rope_theta": 5e6, "mrope_interleaved": True}
+        config = Qwen3VLConfig(text_config=text, vision_config=vision, **common)
+        model_cls, proc_cls, video_cls = (
+            Qwen3VLForConditionalGeneration,
+            Qwen3VLProcessor,
+            Qwen3VLVideoProcessor,
+        )
     else:
         from transformers import (
             Qwen2_5_VLConfig,
@@ -383,17 +413,8 @@ def _build_qwen(
             Qwen2VLVideoProcessor,
         )
 
-        depth = v["depth"] or 2
-        vision = {
-            "depth": depth,
-            "hidden_size": vis_dim,
-            "intermediate_size": vis_dim * 2,
-            "num_heads": heads,
-            "out_hidden_size": hidden_size,
-            "fullatt_block_indexes": [depth - 1],
-            "window_size": 4 * patch,
-            "patch_size": patch,
-        }
+        depth = later_tower["depth"]
+        vision = {**later_tower, "fullatt_block_indexes": [depth - 1], "window_size": 4 * patch}
         config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
         model_cls, proc_cls, video_cls = (
             Qwen2_5_VLForConditionalGeneration,

@@ -14,7 +14,13 @@ away; the saved checkpoint is the input checkpoint with new vision weights, load
 
 The loss per image: binary cross-entropy of every token against "at least `min_fraction` of my pixels are
 masked" (positives weighted by `pos_weight`: defects are a few tokens of many), plus `image_loss` x the
-cross-entropy of the image's top token against the image label (defective or not).
+cross-entropy of the image's top token against the image label (defective or not), plus `kind_loss` x the
+cross-entropy of every defective token against the image's defect kind (the dataset's defect name, e.g. its
+folder: `MaskedImage.kind`), so that the tokens also say *what* the defect is, not only that there is one,
+plus `position_loss` x the cross-entropy of every token against its own 3x3-grid cell (the cell of the
+location words), so that each token says *where* it is. Only a tower with absolute position embeddings
+(Qwen3-VL) can learn that; the Qwen2-VL / Qwen2.5-VL towers' 2-D rotary attention is relative, and their
+`position_accuracy` stays at chance (docs/demo.md has the measurement).
 """
 
 from __future__ import annotations
@@ -49,15 +55,25 @@ class VisionWarmupConfig(BaseModel):
     pos_weight: float = Field(3.0, gt=0)
     image_loss: float = Field(0.5, ge=0)
     min_fraction: float = Field(0.02, gt=0, le=1, description="Masked share that makes a token defective.")
+    kind_loss: float = Field(
+        1.0,
+        ge=0,
+        description="Weight of the defect-kind cross-entropy on defective tokens; 0: defect / no defect only.",
+    )
+    position_loss: float = Field(
+        0.5, ge=0, description="Weight of each token's 3x3-grid-cell cross-entropy (where it is); 0: none."
+    )
 
 
 @dataclass(frozen=True)
 class MaskedImage:
-    """An image, its defect mask (None for a normal image) and its label."""
+    """An image, its defect mask (None for a normal image), its label and its defect kind (None: normal or
+    unknown)."""
 
     image: Path
     mask: Path | None
     anomalous: bool
+    kind: str | None = None
 
 
 def masked_images(
@@ -65,7 +81,8 @@ def masked_images(
 ) -> list[MaskedImage]:
     """The images of `split` in a meta.json, read as every stage reads one (`iadr1.data.meta`: AnomalyCLIP's
     split-less forms included; an entry's split is `split_of`). A defective image without a mask is a DataError:
-    the warm-up needs to know where its defect is."""
+    the warm-up needs to know where its defect is. A defective image's kind is its `specie_name` (the defect
+    folder of the benchmark layouts)."""
     from iadr1.data.meta import read_meta, split_of
 
     root = Path(image_root)
@@ -76,7 +93,8 @@ def masked_images(
                 continue
             if e.anomaly and not e.mask_path:
                 raise DataError(f"{meta_json}: {e.img_path}: defective image without a mask_path")
-            out.append(MaskedImage(root / e.img_path, root / e.mask_path if e.anomaly else None, bool(e.anomaly)))
+            mask, kind = (root / e.mask_path, e.specie_name or None) if e.anomaly else (None, None)
+            out.append(MaskedImage(root / e.img_path, mask, bool(e.anomaly), kind))
     if not out:
         raise DataError(f"{meta_json}: no images with split {split!r}")
     return out
@@ -120,6 +138,14 @@ def _load(items: Sequence[MaskedImage], max_pixels: int, factor: int) -> tuple[l
     return images, masks
 
 
+def token_cells(grid_h: int, grid_w: int) -> np.ndarray:
+    """The 3x3-grid cell (0..8, row by row, the cells of the location words) of each token of a grid_h x grid_w
+    token grid, row-major: the cell holding the token's centre."""
+    rows = np.minimum(((np.arange(grid_h) + 0.5) * 3 / grid_h).astype(int), 2)
+    cols = np.minimum(((np.arange(grid_w) + 0.5) * 3 / grid_w).astype(int), 2)
+    return (rows[:, None] * 3 + cols[None, :]).reshape(-1)
+
+
 def _dihedral(a: np.ndarray, k: int) -> np.ndarray:
     """One of the 8 flips / quarter turns of an HxW(xC) array."""
     a = np.rot90(a, k % 4)
@@ -127,8 +153,10 @@ def _dihedral(a: np.ndarray, k: int) -> np.ndarray:
 
 
 class _Batcher:
-    """Turns images + masks into (pixel_values, grid_thw, per-token labels, image labels) with the model's own
-    image processor, so that the tokens are the ones the language model will see."""
+    """Turns images + masks + kinds into (pixel_values, grid_thw, per-token labels, image labels, per-token kind
+    indices, per-token grid cells) with the model's own image processor, so that the tokens are the ones the
+    language model will see. A token's kind index is its image's (`kinds[i]`, an index into the run's kind
+    list) where the token is defective, -1 (ignored) elsewhere and for images of unknown kind."""
 
     def __init__(self, processor: Any, min_fraction: float) -> None:
         self.ip = processor.image_processor
@@ -136,7 +164,7 @@ class _Batcher:
         self.merge = int(self.ip.merge_size)
         self.min_fraction = min_fraction
 
-    def __call__(self, images: list[np.ndarray], masks: list[np.ndarray]):
+    def __call__(self, images: list[np.ndarray], masks: list[np.ndarray], kinds: Sequence[int]):
         import torch
         from PIL import Image
 
@@ -146,33 +174,52 @@ class _Batcher:
             token_labels(m, int(g[1]), int(g[2]), self.patch, self.merge) >= self.min_fraction
             for m, g in zip(masks, grid, strict=True)
         ]
+        kind = np.concatenate([np.where(lab, k, -1) for lab, k in zip(labels, kinds, strict=True)])
+        cells = np.concatenate([token_cells(int(g[1]) // self.merge, int(g[2]) // self.merge) for g in grid])
         tokens = torch.tensor(np.concatenate(labels), dtype=torch.float32)
         image = torch.tensor([bool(m.any()) for m in masks], dtype=torch.float32)
-        return enc["pixel_values"], grid, tokens, image
+        return enc["pixel_values"], grid, tokens, image, torch.tensor(kind, dtype=torch.long), torch.tensor(cells)
 
 
-def _scores(model: Any, head: Any, pixel_values: Any, grid: Any) -> tuple[Any, list[Any]]:
-    """Token logits (all images concatenated) and each image's slice of them."""
+def _scores(model: Any, head: Any, n_kinds: int, pixel_values: Any, grid: Any) -> tuple[Any, list[Any], Any, Any]:
+    """Token defect logits (all images concatenated), each image's slice of them, the tokens' kind logits
+    (tokens x `n_kinds`) and grid-cell logits (tokens x 9, or no columns): the head's columns in that order."""
     import torch
 
     feats = model.model.get_image_features(pixel_values, grid).pooler_output
-    logits = head(torch.cat(list(feats))).squeeze(-1)
-    return logits, list(torch.split(logits, [len(f) for f in feats]))
+    out = head(torch.cat(list(feats)))
+    logits = out[:, 0]
+    return logits, list(torch.split(logits, [len(f) for f in feats])), out[:, 1 : 1 + n_kinds], out[:, 1 + n_kinds :]
 
 
-def evaluate_tower(model: Any, head: Any, batcher: _Batcher, images, masks, batch_size: int = 64) -> dict[str, Any]:
-    """Image-level accuracy (top token > 0), AUROC (top token's logit) and token accuracy of the warm-up head."""
+def evaluate_tower(
+    model: Any, head: Any, n_kinds: int, batcher: _Batcher, images, masks, kinds, batch_size: int = 64
+) -> dict[str, Any]:
+    """Image-level accuracy (top token > 0), AUROC (top token's logit) and token accuracy of the warm-up head;
+    with kinds, `kind_accuracy`: the share of defective images of known kind whose top token's kind is right;
+    with cells, `position_accuracy`: the share of tokens that name their own grid cell (chance: about 11)."""
     import torch
 
-    top, y_img, tok_right, tok_n = [], [], 0, 0
+    top, y_img, tok_right, tok_n, kind_right, kind_n, cell_right = [], [], 0, 0, 0, 0, 0
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            pv, grid, tok, img = batcher(images[i : i + batch_size], masks[i : i + batch_size])
-            logits, per_image = _scores(model, head, pv, grid)
+            pv, grid, tok, img, _, cells = batcher(
+                images[i : i + batch_size], masks[i : i + batch_size], kinds[i : i + batch_size]
+            )
+            logits, per_image, kind_logits, cell_logits = _scores(model, head, n_kinds, pv, grid)
             tok_right += int(((logits > 0).float() == tok).sum())
             tok_n += len(tok)
+            if cell_logits.shape[1]:
+                cell_right += int((cell_logits.argmax(1) == cells).sum())
             top += [float(s.max()) for s in per_image]
             y_img += img.bool().tolist()
+            if kind_logits.shape[1]:
+                start = 0
+                for s, k in zip(per_image, kinds[i : i + batch_size], strict=True):
+                    if k >= 0:
+                        kind_n += 1
+                        kind_right += int(int(kind_logits[start + int(s.argmax())].argmax()) == k)
+                    start += len(s)
     from iadr1.ranking import grouped_auroc_aupr
 
     y, s = np.array(y_img, bool), np.array(top)
@@ -181,6 +228,8 @@ def evaluate_tower(model: Any, head: Any, batcher: _Batcher, images, masks, batc
         "accuracy": round(100 * float(((s > 0) == y).mean()), 2),
         "auroc": None if np.isnan(auroc) else round(100 * auroc, 2),
         "token_accuracy": round(100 * tok_right / max(tok_n, 1), 2),
+        "kind_accuracy": round(100 * kind_right / kind_n, 2) if kind_n else None,
+        "position_accuracy": round(100 * cell_right / max(tok_n, 1), 2) if head.out_features > 1 + n_kinds else None,
         "images": len(images),
     }
 
@@ -220,11 +269,20 @@ def warm_up_vision(
     for p in visual.parameters():
         p.requires_grad_(True)
     hidden = model.config.text_config.hidden_size
-    head = torch.nn.Linear(hidden, 1)
+    # The kinds are the training images' defect names; a held-out kind not among them is scored as unknown.
+    kind_names = sorted({it.kind for it in train if it.anomalous and it.kind}) if cfg.kind_loss else []
+    index = {k: i for i, k in enumerate(kind_names)}
+
+    def kinds_of(items: Sequence[MaskedImage]) -> list[int]:
+        return [index.get(it.kind, -1) if it.anomalous and it.kind else -1 for it in items]
+
+    n_kinds = len(kind_names)
+    head = torch.nn.Linear(hidden, 1 + n_kinds + (9 if cfg.position_loss else 0))
     batcher = _Batcher(processor, cfg.min_fraction)
     factor = image_factor(family, processor)
     images, masks = _load(train, cfg.max_pixels, factor)
-    held = _load(held_out, cfg.max_pixels, factor) if held_out else None
+    kinds = kinds_of(train)
+    held = (*_load(held_out, cfg.max_pixels, factor), kinds_of(held_out)) if held_out else None
 
     params = [*visual.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -236,22 +294,27 @@ def warm_up_vision(
     if held is not None:  # the random tower, for comparison
         visual.eval()
         history.append(
-            {"epoch": 0, "loss": None, "seconds": 0.0, "held_out": evaluate_tower(model, head, batcher, *held)}
+            {"epoch": 0, "loss": None, "seconds": 0.0, "held_out": evaluate_tower(model, head, n_kinds, batcher, *held)}
         )
     for epoch in range(1, cfg.epochs + 1):
         visual.train()
         losses = []
         for idx in np.array_split(rng.permutation(len(images)), steps_per_epoch):
             ks = rng.integers(0, 8, len(idx)) if cfg.augment else np.zeros(len(idx), int)
-            pv, grid, tok, img = batcher(
+            pv, grid, tok, img, tok_kind, cells = batcher(
                 [_dihedral(images[i], k) for i, k in zip(idx, ks, strict=True)],
                 [_dihedral(masks[i], k) for i, k in zip(idx, ks, strict=True)],
+                [kinds[i] for i in idx],
             )
-            logits, per_image = _scores(model, head, pv, grid)
+            logits, per_image, kind_logits, cell_logits = _scores(model, head, n_kinds, pv, grid)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, tok, pos_weight=pos_weight)
             if cfg.image_loss:
                 top = torch.stack([s.max() for s in per_image])
                 loss = loss + cfg.image_loss * torch.nn.functional.binary_cross_entropy_with_logits(top, img)
+            if kind_names and bool((tok_kind >= 0).any()):
+                loss = loss + cfg.kind_loss * torch.nn.functional.cross_entropy(kind_logits, tok_kind, ignore_index=-1)
+            if cfg.position_loss:
+                loss = loss + cfg.position_loss * torch.nn.functional.cross_entropy(cell_logits, cells)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -264,7 +327,7 @@ def warm_up_vision(
             "seconds": round(time.perf_counter() - t0, 1),
         }
         if held is not None:
-            stats["held_out"] = evaluate_tower(model, head, batcher, *held)
+            stats["held_out"] = evaluate_tower(model, head, n_kinds, batcher, *held)
         history.append(stats)
         if on_epoch is not None:
             on_epoch(epoch, stats)
@@ -284,6 +347,7 @@ def warm_up_vision(
         "source": str(model_dir),
         "config": json.loads(cfg.model_dump_json()),
         "train_images": len(images),
+        "kinds": kind_names,
         "history": history,
         "final": history[-1].get("held_out"),
         "seconds": round(time.perf_counter() - t0, 1),
