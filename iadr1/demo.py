@@ -743,8 +743,8 @@ def _markdown(report: dict[str, Any], curves: Path | None) -> str:
             "## Vision warm-up",
             "",
             f"The tiny model's vision tower was trained on the {warm['train_images']} training images' defect masks "
-            "and kinds "
-            f"before PA-SFT ({warm['seconds']:.0f} s; `iadr1.train.vision`)"
+            + ("and kinds " if warm.get("kinds") else "")
+            + f"before PA-SFT ({warm['seconds']:.0f} s; `iadr1.train.vision`)"
             + (", then frozen" if frozen else "")
             + ". Its own verdict (top image token > 0) on the held-out images, by epoch (epoch 0: the random tower); "
             "kind: the top token names the defect kind; position: each token names its own 3x3 cell:",
