@@ -224,6 +224,17 @@ def test_cli_refuses_used_folder(quick_demo: tuple[Path, dict, list, list], caps
 
 
 # --- without a demo run --------------------------------------------------------------------------------------------
+
+
+def test_demo_family_must_be_a_tiny_qwen_family(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert DemoConfig(family="qwen2_vl").family == "qwen2_vl"
+    with pytest.raises(SystemExit) as e:  # refused before any image is drawn
+        main(["demo", "--out", str(tmp_path / "x"), "--family", "llava"])
+    assert e.value.code == 1
+    assert "family must be one of qwen2_vl, qwen2_5_vl, qwen3_vl" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_cli_rejects_unknown_defect_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         main(["demo", "--out", str(tmp_path / "x"), "--defects", "crack,rust"])
