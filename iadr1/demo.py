@@ -409,6 +409,18 @@ def evaluate_stage(
     """Answer every test image with `model` (`iadr1.infer`, transformers, greedy) into `cfg.out/eval_<name>/`,
     score it and write eval's outputs there (`iadr1.eval`); returns the metrics, per-defect accuracy and sample
     outputs."""
+    return _evaluate_stage(name, model, cfg, ds, sample_keys, on_progress)[0]
+
+
+def _evaluate_stage(
+    name: str,
+    model: Path,
+    cfg: DemoConfig,
+    ds: SyntheticDataset,
+    sample_keys: list[str],
+    on_progress: OnProgress,
+) -> tuple[dict[str, Any], EvalResult]:
+    """`evaluate_stage`, and eval's result (per-image type and location verdicts for `interpretation_gain`)."""
     from iadr1.eval.pipeline import evaluate
     from iadr1.eval.report import write_all
     from iadr1.infer import run_inference
@@ -441,7 +453,7 @@ def evaluate_stage(
     metrics["samples"] = _samples(result, sample_keys)
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 1)
     write_all(result, out, image_root=ds.image_root)  # as `iadr1 eval --out eval_<name>` writes it
-    return metrics
+    return metrics, result
 
 
 def interpretation_gain(
@@ -458,13 +470,19 @@ def interpretation_gain(
     both stages, so the error is that of the paired difference).
 
     Returns `{"before", "after", "gain", "standard_error", "type_gain", "location_gain", "n_boot"}` (points)."""
-    import numpy as np
-
     from iadr1.eval.pipeline import evaluate
 
     res = [evaluate([test_file], [p], annotations=[annotations], n_boot=0) for p in (before, after)]
     if res[0].gt.images != res[1].gt.images:
         raise ConfigError(f"{before} and {after}: not the same test images")
+    return _gain(res[0], res[1], n_boot, seed)
+
+
+def _gain(before: EvalResult, after: EvalResult, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """`interpretation_gain` from eval's results of the two stages on the same test images."""
+    import numpy as np
+
+    res = (before, after)
     loc = np.stack([r.location_ok for r in res])  # (2, images), NaN where not judged
     typ = np.stack([r.type_ok for r in res])
 
@@ -535,6 +553,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     stages: dict[str, dict[str, Any]] = {}
+    results: dict[str, EvalResult] = {}  # eval's result of each stage (per-image verdicts for the gain)
     warmup: dict[str, Any] | None = None
 
     def step(i: int) -> None:
@@ -583,7 +602,7 @@ def run_demo(
     samples = _sample_keys(ds.test_file, cfg.samples)
 
     def report_stage(name: str, model: Path, train_seconds: float) -> None:
-        m = evaluate_stage(name, model, cfg, ds, samples, progress)
+        m, results[name] = _evaluate_stage(name, model, cfg, ds, samples, progress)
         m["train_seconds"] = round(train_seconds, 1)
         m["seconds"] = round(train_seconds + m["eval_seconds"], 1)
         stages[name] = m
@@ -613,9 +632,7 @@ def run_demo(
     with _trainer_prints_hidden():
         grpo_model = run_grpo(grpo_cfg, callbacks=[bar])
     report_stage("grpo", grpo_model, time.perf_counter() - t0)
-    gain = interpretation_gain(
-        ds.test_file, ds.annotations, *(out / f"eval_{s}" / "predictions.jsonl" for s in ("sft", "grpo"))
-    )
+    gain = _gain(results["sft"], results["grpo"])  # the stages' own scoring: nothing read again
     say(
         f"SC-GRPO over PA-SFT: mean of type and location accuracy {_fmt(gain['before'])} -> {_fmt(gain['after'])} "
         f"({_signed(gain['gain'])} +- {_fmt(gain['standard_error'])} points; type {_signed(gain['type_gain'])}, "
