@@ -100,3 +100,30 @@ def inference_segments(k: int, style: PromptStyle = "iadr1") -> list[str | None]
     Rendered through a chat template this gives exactly the tokens a PA-SFT record with the same text trains on.
     """
     return split_images(user_text(k, style))
+
+
+# --- the teacher of `iadr1 annotate --reasoner model` (docs/annotate.md) --------------------------------------------
+TEACHER_SYSTEM = (
+    "You write the training answers of an expert industrial inspector. You are told the verified inspection result "
+    "of each image; explain it from what you see, as the inspector would, and never contradict it."
+)
+TEACHER_REFERENCE = "The first image shows a defect-free {cls} for reference."
+TEACHER_QUERY = "The image to inspect:"
+TEACHER_DEFECT_FACTS = "Verified result: this {cls} is defective."
+TEACHER_NORMAL_FACTS = "Verified result: this {cls} is normal; it has no defect."
+TEACHER_UNKNOWN_LOCATION = (
+    "Where the defect is was not recorded: name the cell of a 3x3 grid of the image it lies in (top left, top, top "
+    "right, left, center, right, bottom left, bottom, bottom right)."
+)
+TEACHER_UNKNOWN_TYPE = "Its type was not recorded: name it with one of these categories: {categories}."
+TEACHER_DEFECT_TASK = (
+    "Write the reasoning of an expert inspector for this result in a few sentences: what the part is, what the defect "
+    "looks like and where it is; do not say that the result was given to you. Then reply in exactly this format and "
+    "nothing else: <think>reasoning</think><location>grid cell</location><type>defect type</type>"
+    "<answer>Yes</answer>"
+)
+TEACHER_NORMAL_TASK = (
+    "Write the reasoning of an expert inspector for this result in a few sentences: what the part is and why it "
+    "looks normal; do not say that the result was given to you. Then reply in exactly this format and nothing else: "
+    "<think>reasoning</think><answer>No</answer>"
+)

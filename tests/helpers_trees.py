@@ -137,3 +137,41 @@ def write_annotations(meta: dict, path: Path) -> Path:
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+# --- trees with masks drawn at known places (iadr1 annotate) ---------------------------------------------------------
+def disc_mask(h: int, w: int, cell: int, radius: float = 0.06, value: int = 255) -> np.ndarray:
+    """A uint8 mask with one disc (radius a fraction of the shorter side) at the centre of 3x3 grid `cell` (0..8)."""
+    row, col = divmod(cell, 3)
+    cy, cx = (row + 0.5) * h / 3, (col + 0.5) * w / 3
+    yy, xx = np.mgrid[0:h, 0:w]
+    m = np.zeros((h, w), np.uint8)
+    m[(yy + 0.5 - cy) ** 2 + (xx + 0.5 - cx) ** 2 <= (radius * min(h, w)) ** 2] = value
+    return m
+
+
+def make_masked_mvtec(
+    root: Path, classes: dict[str, dict[str, list[int]]], size: int = 48, normal: int = 2, mask_suffix: str = "_mask"
+) -> Path:
+    """An MVTec-AD / MPDD tree whose defect masks hold one disc in a known cell: `classes` maps class -> specie ->
+    the grid cell (0..8) of each defective test image; `normal` good images in train/ and in test/ per class."""
+    for cls, species in classes.items():
+        for i in range(normal):
+            write_image(root / cls / "train" / "good" / f"{i:03d}.png", texture(f"{cls}/train/{i}", size))
+            write_image(root / cls / "test" / "good" / f"{i:03d}.png", texture(f"{cls}/test/{i}", size))
+        for specie, cells in species.items():
+            for i, cell in enumerate(cells):
+                write_image(root / cls / "test" / specie / f"{i:03d}.png", texture(f"{cls}/{specie}/{i}", size))
+                mask = disc_mask(size, size, cell, radius=0.1)
+                write_image(root / cls / "ground_truth" / specie / f"{i:03d}{mask_suffix}.png", mask)
+    return root
+
+
+def make_masked_sdd(root: Path, cells: dict[str, int | None], size: int = 40) -> Path:
+    """KolektorSDD: `kos01/PartK.jpg` + `PartK_label.bmp`, one per entry of `cells` (`PartK` -> grid cell of its
+    defect disc, None for a defect-free part)."""
+    for name, cell in cells.items():
+        write_image(root / "kos01" / f"{name}.jpg", texture(name, size))
+        label = disc_mask(size, size, cell, radius=0.12) if cell is not None else np.zeros((size, size), np.uint8)
+        write_image(root / "kos01" / f"{name}_label.bmp", label)
+    return root

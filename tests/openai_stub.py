@@ -1,7 +1,8 @@
 """A scripted OpenAI-compatible chat server on 127.0.0.1 for the openai backend tests.
 
 Speaks just enough of the protocol (`POST /v1/chat/completions`) for the official `openai` client. Each request
-takes the next scripted action (default: answer "<answer>Yes</answer>"):
+takes the next scripted action; when the script is empty, `responder(body)` (if set) gives the action from the
+request itself; else the default answer "<answer>Yes</answer>":
 
     {"status": 429, "retry_after": "0.05"}   an error status (JSON error body), optional Retry-After header
     {"sleep": 0.5}                           a slow reply (then the default answer)
@@ -19,6 +20,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -26,6 +28,7 @@ from typing import Any
 class StubServer:
     def __init__(self) -> None:
         self.script: deque[dict[str, Any]] = deque()
+        self.responder: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.requests: list[dict[str, Any]] = []  # {"headers": {lower-case name: value}, "body": {...}, "t": time}
         self.lock = threading.Lock()
         self.in_flight = 0
@@ -49,7 +52,10 @@ class StubServer:
                             "t": time.monotonic(),
                         }
                     )
-                    action = stub.script.popleft() if stub.script else {}
+                    action = stub.script.popleft() if stub.script else None
+                if action is None:
+                    action = stub.responder(body) if stub.responder else {}
+                with stub.lock:
                     stub.in_flight += 1
                     stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
                 try:

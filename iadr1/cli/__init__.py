@@ -9,6 +9,7 @@ import sys
 import typer
 
 from iadr1 import __version__
+from iadr1.cli import annotate as _annotate
 from iadr1.cli import build_data as _build_data
 from iadr1.cli import convert as _convert
 from iadr1.cli import demo as _demo
@@ -39,7 +40,7 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
     local_rank: int | None = typer.Option(None, "--local_rank", "--local-rank", hidden=True),
 ) -> None:
-    """iadr1: convert datasets, build training data, train (sft, grpo), infer and evaluate."""
+    """iadr1: convert datasets, annotate them, build training data, train (sft, grpo), infer and evaluate."""
     if local_rank is not None:  # the `deepspeed` launcher inserts --local_rank=N before the subcommand
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
 
@@ -51,6 +52,7 @@ app.command("env", help="Print versions of Python, torch, transformers, trl, pef
 # Subcommands register here, one line each. Command modules import torch, transformers and vLLM only inside their
 # functions, so importing them here keeps `iadr1 --help` instant.
 app.command("convert")(_convert.convert)
+app.command("annotate")(_annotate.annotate)
 app.command("build-data")(_build_data.build_data)
 app.command("sft")(_train.sft)
 app.command("grpo")(_train.grpo)

@@ -26,6 +26,15 @@ def build_data(
     annotations: Path | None = typer.Option(
         None, "--annotations", "-a", help="Annotations (JSON or JSONL): per image reasoning, location, type."
     ),
+    annotate: str | None = typer.Option(
+        None,
+        "--annotate",
+        help="Make the annotations first: `template` runs `iadr1 annotate` (masks -> location, defect names -> type, "
+        "template reasoning) into OUT/annotations.jsonl, then builds from it. Instead of --annotations.",
+    ),
+    types: Path | None = typer.Option(
+        None, "--types", help="With --annotate: YAML/JSON file extending the defect name -> category table."
+    ),
     image_root: Path | None = typer.Option(
         None,
         "--image-root",
@@ -94,7 +103,16 @@ def build_data(
         _synthetic(console, synthetic, n_train, n_test, size, defect_rate, seed, val_fraction)
         return
     if meta is None or out is None:
-        raise ConfigError("give --meta and --out (and usually --annotations), or --synthetic OUT_DIR")
+        raise ConfigError("give --meta and --out (and --annotations or --annotate template), or --synthetic OUT_DIR")
+    if annotate is not None and annotate != "template":
+        raise ConfigError(
+            f"--annotate {annotate!r}: only `template` runs here; for a teacher model run `iadr1 annotate --reasoner "
+            "model ...` and pass its file with --annotations"
+        )
+    if annotate is not None and annotations is not None:
+        raise ConfigError("give --annotations FILE or --annotate template, not both")
+    if types is not None and annotate is None:
+        raise ConfigError("--types is read by the annotator: add --annotate template (or run `iadr1 annotate`)")
 
     from pydantic import ValidationError
 
@@ -115,9 +133,24 @@ def build_data(
     except ValidationError as e:
         raise option_error(e, {"splits": "--split", "compat": "--compat-prompt"}) from None
     root = image_root if image_root is not None else meta.parent
+    if annotate is not None:
+        annotations = _annotate_first(console, meta, root, out, seed, types)
     with ProgressBars(console, transient=True) as on_progress:
         result = run(meta, annotations, root, out, config, on_progress=on_progress, test_files=test_file)
     render_summary(console, result)
+
+
+def _annotate_first(console: Console, meta: Path, root: Path, out: Path, seed: int, types: Path | None) -> Path:
+    """`iadr1 annotate --reasoner template` into OUT/annotations.jsonl (resumed when its settings match)."""
+    from iadr1.cli.annotate import render_summary as render_annotations
+    from iadr1.data.annotate.run import AnnotateConfig
+    from iadr1.data.annotate.run import annotate as run_annotate
+
+    cfg = AnnotateConfig(meta=meta, image_root=root, out=out / "annotations.jsonl", seed=seed, types=types)
+    with ProgressBars(console, transient=True) as on_progress:
+        result = run_annotate(cfg, on_progress=on_progress)
+    render_annotations(console, result)
+    return result.annotations
 
 
 def _synthetic(

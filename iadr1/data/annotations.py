@@ -38,7 +38,8 @@ from iadr1.errors import DataError
 _SPACES = re.compile(r"\s+")
 
 
-def _clean_text(v: Any) -> Any:
+def clean_text(v: Any) -> Any:
+    """An annotation's text as it is stored: whitespace runs collapsed, stripped; `<` or `>` is a ValueError."""
     if not isinstance(v, str):
         return v  # let pydantic report the wrong type
     text = _SPACES.sub(" ", v).strip()
@@ -69,7 +70,7 @@ class Defect(BaseModel):
     @field_validator("location", "type", mode="before")
     @classmethod
     def _text(cls, v: Any) -> Any:
-        return _clean_text(v)
+        return clean_text(v)
 
     @field_validator("location", "type", mode="after")
     @classmethod
@@ -86,7 +87,7 @@ class Annotation(Defect):
     @field_validator("reasoning", mode="before")
     @classmethod
     def _reasoning(cls, v: Any) -> Any:
-        return _clean_text(v)
+        return clean_text(v)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ Decisions a user must know:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -41,6 +40,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from iadr1.answers import parse
+from iadr1.data.annotate.reasoning import generic_reasoning
 from iadr1.data.annotations import PROBLEM_KINDS, Annotation, Problem, image_problem_kind, load_annotations
 from iadr1.data.io import (
     NEAR_DISTANCE,
@@ -191,24 +191,6 @@ def validate_images(
 # ------------------------------------------------------------------------------------------------------------
 # Record texts
 # ------------------------------------------------------------------------------------------------------------
-_GENERIC_REASONING = (
-    "The {cls} in the image looks uniform and intact. I see no scratch, hole, stain, crack, missing part, "
-    "deformation or foreign object anywhere in the image, so it is normal.",
-    "I inspect the whole {cls} surface: the texture and shading are consistent everywhere and nothing is "
-    "broken, "
-    "missing or out of place. There is no defect.",
-    "The image shows a regular {cls} with no visible damage, contamination or irregularity. "
-    "It matches a normal sample.",
-)
-
-
-def generic_reasoning(cls_name: str, img_path: str) -> str:
-    """Reasoning text for a normal image that has no annotation: one of a few templates, chosen by the path's
-    hash (stable across runs and independent of the seed)."""
-    h = int.from_bytes(hashlib.sha1(img_path.encode()).digest()[:4], "big")
-    return _GENERIC_REASONING[h % len(_GENERIC_REASONING)].format(cls=cls_name.replace("_", " "))
-
-
 def assistant_text(reasoning: str, anomalous: bool, location: str | None = None, type: str | None = None) -> str:
     """`<think>…</think>[<location>…</location><type>…</type>]<answer>Yes|No</answer>` (docs/method.md §1)."""
     return f"<think>{reasoning}</think>" + solution_text(anomalous, location, type)

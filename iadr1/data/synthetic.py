@@ -38,30 +38,20 @@ from typing import Any
 
 import numpy as np
 
+from iadr1.data.annotate.defect_names import DEFECT_NAMES
+from iadr1.data.annotate.masks import GRID_WORDS, grid_location, size_word, where_phrase  # noqa: F401 (re-exported)
+from iadr1.data.annotate.reasoning import NORMAL_ENDINGS, defect_verdict
 from iadr1.errors import ConfigError
 
 DATASET = "SYNTH"
 CLASSES: tuple[str, ...] = ("brick", "grass", "gravel", "coins")
 
-# Defect specie (folder name) -> type written in annotations: the category names of the type reward.
-DEFECT_TYPES: dict[str, str] = {
-    "scratch": "Scratch",
-    "hole": "Hole",
-    "stain": "Contamination",
-    "crack": "Damage",
-    "missing_part": "Missing parts",
-    "deformation": "Deformation",
-    "foreign_object": "Presence of foreign objects",
-    "abrasion": "Abrasion",
-}
-SPECIES: tuple[str, ...] = tuple(DEFECT_TYPES)
-
-# The 3x3 grid words the location reward understands (row-major, top-left first).
-GRID_WORDS: tuple[str, ...] = (
-    "top left", "top", "top right",
-    "left", "center", "right",
-    "bottom left", "bottom", "bottom right",
+# The eight kinds drawn (folder names), one per category of the type reward; their types and the 3x3 grid words
+# come from the annotator (`iadr1.data.annotate`), the one owner of those rules.
+SPECIES: tuple[str, ...] = (
+    "scratch", "hole", "stain", "crack", "missing_part", "deformation", "foreign_object", "abrasion",
 )  # fmt: skip
+DEFECT_TYPES: dict[str, str] = {s: DEFECT_NAMES[s] for s in SPECIES}  # type: ignore[misc]
 
 _TINTS: dict[str, tuple[float, float, float]] = {
     "brick": (1.08, 0.72, 0.58),
@@ -87,15 +77,6 @@ _INTROS: dict[str, tuple[str, ...]] = {
         "This is a close view of a single coin with its round rim and embossed surface.",
     ),
 }
-_NORMAL_ENDINGS = (
-    "The pattern is consistent across the whole image and I see no scratch, hole, stain, crack, "
-    "missing part, "
-    "deformation, wear or foreign object. The image is normal.",
-    "Every part of the image looks like the rest of the surface; nothing is broken, missing, discoloured "
-    "or out of "
-    "place. There is no defect.",
-    "I inspect each region of the image and find only the normal appearance of the material. No defect is present.",
-)
 _COIN_INTRO_NORMAL_EXTRA = "Its outline is complete and round."
 
 
@@ -242,10 +223,6 @@ def _local_mean(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return sel.mean(axis=0)
 
 
-def _size_word(area_frac: float) -> str:
-    return "small" if area_frac < 0.015 else ("medium-sized" if area_frac < 0.05 else "large")
-
-
 def _strength_word(c: float) -> str:
     return "faint" if c < 0.55 else "clearly visible"
 
@@ -312,7 +289,7 @@ def _hole(img: np.ndarray, k: _Ctx) -> tuple[np.ndarray, np.ndarray, str]:
     out = _blend(out, np.broadcast_to(dark, img.shape) if dark.ndim == 1 else dark, inside)
     mask = inside > 0.5
     desc = (
-        f"a {_size_word(mask.mean())} round dark opening with a lighter rim goes into the material; "
+        f"a {size_word(mask.mean())} round dark opening with a lighter rim goes into the material; "
         "the surface texture is interrupted there, as by a hole"
     )
     return out, mask, desc
@@ -339,7 +316,7 @@ def _stain(img: np.ndarray, k: _Ctx) -> tuple[np.ndarray, np.ndarray, str]:
     out = _blend(img, np.broadcast_to(np.array(_STAIN_COLORS[name], np.float32), img.shape), alpha)
     mask = f > 0.5
     desc = (
-        f"an irregular {name} patch with soft edges discolours a {_size_word(mask.mean())} area; "
+        f"an irregular {name} patch with soft edges discolours a {size_word(mask.mean())} area; "
         f"it is {_strength_word(k.c)} and looks like contamination on top of the surface"
     )
     return out, mask, desc
@@ -407,7 +384,7 @@ def _missing_part(img: np.ndarray, k: _Ctx) -> tuple[np.ndarray, np.ndarray, str
         out = img.copy()
         out[mask] = np.clip(bgc + noise[mask], 0, 1)
         desc = (
-            f"a {_size_word(mask.mean())} piece of the coin's rim is missing: "
+            f"a {size_word(mask.mean())} piece of the coin's rim is missing: "
             "the round outline is cut off by a "
             "straight edge and the dark background shows where metal should be"
         )
@@ -430,7 +407,7 @@ def _missing_part(img: np.ndarray, k: _Ctx) -> tuple[np.ndarray, np.ndarray, str
     out = img.copy()
     out[mask] = np.clip(bg + noise[mask], 0, 1)
     desc = (
-        f"a {_size_word(mask.mean())} piece is missing at the {side} edge: "
+        f"a {size_word(mask.mean())} piece is missing at the {side} edge: "
         f"the {k.cls} pattern stops at a ragged "
         "outline and a flat dark background shows through the gap"
     )
@@ -451,7 +428,7 @@ def _deformation(img: np.ndarray, k: _Ctx) -> tuple[np.ndarray, np.ndarray, str]
     mask = 2 * rho * np.abs(np.sin(np.minimum(turn, np.pi) / 2)) >= max(2.0, 3.0 * n / 96)
     what = "the coin's outline and relief" if k.obj is not None else f"the {k.cls} pattern"
     desc = (
-        f"{what} is twisted into a swirl over a {_size_word(mask.mean())} area, so the shape is bent and "
+        f"{what} is twisted into a swirl over a {size_word(mask.mean())} area, so the shape is bent and "
         "distorted instead of regular"
     )
     return out.astype(np.float32), mask, desc
@@ -515,7 +492,7 @@ def _abrasion(img: np.ndarray, k: _Ctx) -> tuple[np.ndarray, np.ndarray, str]:
     out = _blend(img, worn, alpha)
     mask = f > 0.5
     desc = (
-        f"a {_size_word(mask.mean())} worn patch is lighter and blurred, with fine parallel scuff marks; "
+        f"a {size_word(mask.mean())} worn patch is lighter and blurred, with fine parallel scuff marks; "
         "the surface texture is rubbed away there, as by abrasion"
     )
     return out.astype(np.float32), mask, desc
@@ -536,21 +513,6 @@ _DRAW: dict[str, Callable[[np.ndarray, _Ctx], tuple[np.ndarray, np.ndarray, str]
 # ------------------------------------------------------------------------------------------------------------
 # Samples
 # ------------------------------------------------------------------------------------------------------------
-def grid_location(mask: np.ndarray) -> str:
-    """The 3x3-grid word of the mask's centroid ("top left" ... "bottom right"; "center" in the middle)."""
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        raise ValueError("empty mask has no location")
-    h, w = mask.shape
-    row = min(int(ys.mean() * 3 // h), 2)
-    col = min(int(xs.mean() * 3 // w), 2)
-    return GRID_WORDS[row * 3 + col]
-
-
-def _where(loc: str) -> str:
-    return "in the center of the image" if loc == "center" else f"in the {loc} part of the image"
-
-
 @dataclass
 class Sample:
     """One generated image. `clean` is the same tile without the defect (same noise), for checks and tests."""
@@ -608,7 +570,7 @@ def make_sample(
     clean = finish(base)
     if specie == "good":
         extra = f" {_COIN_INTRO_NORMAL_EXTRA}" if cls == "coins" else ""
-        ending = _NORMAL_ENDINGS[int(rng.integers(0, len(_NORMAL_ENDINGS)))]
+        ending = NORMAL_ENDINGS[int(rng.integers(0, len(NORMAL_ENDINGS)))]
         return Sample(cls, split, index, specie, clean, clean, np.zeros((size, size), bool), f"{intro}{extra} {ending}")
     if specie not in _DRAW:
         raise ConfigError(f"unknown defect {specie!r}; choose from {', '.join(SPECIES)}")
@@ -633,8 +595,7 @@ def make_sample(
     _, drawn, mask, desc, cy, cx = best
     image = finish(drawn)
     loc = grid_location(mask)
-    verdict = f"So the image is defective: {DEFECT_TYPES[specie].lower()}."
-    reasoning = f"{intro} {_where(loc).capitalize()}, {desc}. {verdict}"
+    reasoning = f"{intro} {where_phrase(loc).capitalize()}, {desc}. {defect_verdict(DEFECT_TYPES[specie])}"
     params = {"cy": cy, "cx": cx, "contrast": contrast, "scale": scale}
     return Sample(cls, split, index, specie, image, clean, mask, reasoning, loc, DEFECT_TYPES[specie], params)
 
