@@ -24,7 +24,7 @@ from iadr1.prompts import inference_segments
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 SCRIPT = ROOT / "tests" / "tooling" / "vllm_generate.py"
-PARITY_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_onevision")
+PARITY_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "internvl")
 MAX_NEW_TOKENS = 12
 # The Qwen2-VL model runs as if iadr1 had trained it at this cap (saved in its iadr1_config.yaml): both backends
 # must size its images by training's rule (28 px here, which its processor then brings up to its 56 px minimum).

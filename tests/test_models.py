@@ -20,6 +20,7 @@ IMAGE_MARKER = {
     "llava": "<image>",
     "llava_next": "<image>",
     "llava_onevision": "<image>",
+    "internvl": "<IMG_CONTEXT>",
 }
 
 
@@ -43,8 +44,9 @@ def _images(n: int):
 def test_get_family_by_name_and_model_type():
     assert get_family("qwen2_5_vl").model_class == "Qwen2_5_VLForConditionalGeneration"
     assert get_family("Qwen2.5-VL").name == "qwen2_5_vl"  # spelling variants normalise
-    assert get_family("internvl_chat").name == "internvl"  # a model_type, not a family name
-    assert get_family("internvl").trainable is False
+    # InternVL: the transformers format trains, the remote-code format is served by vLLM only.
+    assert get_family("internvl").trainable is True and get_family("internvl").model_types == ("internvl",)
+    assert get_family("internvl_chat").trainable is False
     assert {f.name for f in FAMILIES.values() if f.trainable} == set(TINY_FAMILIES)
 
 
@@ -218,7 +220,7 @@ def test_tiny_is_deterministic_and_sized(tmp_path):
     with pytest.raises(ConfigError, match="multiple of 64"):
         build_tiny("qwen2_vl", tmp_path / "d", hidden_size=100)
     with pytest.raises(ConfigError, match="no tiny builder"):
-        build_tiny("internvl", tmp_path / "e")
+        build_tiny("internvl_chat", tmp_path / "e")
 
 
 def test_onevision_siglip_weights_use_hub_names(tiny_model):
@@ -242,7 +244,7 @@ def test_render_prompt_has_k_plus_one_images(tiny_model, family, k):
     marker = IMAGE_MARKER[family]
     assert text.count(marker) == k + 1
     assert text.rstrip().endswith(("assistant", "ASSISTANT:", "[/INST]"))  # generation prompt added
-    if k and family.startswith("qwen"):
+    if k and (family.startswith("qwen") or family == "internvl"):
         # Interleaved in order: intro, k references, the test-sample line, the query image, the question.
         pos = [m.start() for m in re.finditer(re.escape(marker), text)]
         intro, test_line = text.index(k_shot_intro(k)), text.index("Following is image of test sample:")

@@ -150,7 +150,7 @@ def test_sft_reduces_loss_on_a_fixed_batch(family, mode, tiny_model_factory, dat
     base = tiny_model_factory(family)
     # Full: zero-shot records; LoRA: one-shot records (two images, `<image>` markers inside the text).
     dataset = _only_two_records(data["zero" if mode == "full" else "one"], tmp_path / "data")
-    lr = 1e-3 if mode == "full" else 2e-2
+    lr = 1e-3 if mode == "full" else 1e-2  # 2e-2 overshoots on the last cosine step for tiny InternVL
     out = run_sft(sft_config(base, dataset, tmp_path / "out", lora=mode == "lora", lr=lr, lora_r=8, lora_alpha=16))
 
     losses = [h["loss"] for h in history(out) if "loss" in h]

@@ -33,12 +33,44 @@ RECIPES = {
     "llava-1.5-7b": ("llava", 1e-5, 8192),
     "llava-1.6-8b": ("llava_next", 1e-5, 8192),
 }
+# Families beyond the paper: its stage settings for a model of that size; DeepSpeed stage and per-GPU batch are ours.
+BEYOND_PAPER = {
+    # recipe: (family model_type, PA-SFT lr, max length, deepspeed, SFT batch, SFT accumulation)
+    "qwen3-vl-2b": ("qwen3_vl", 2e-5, 4096, "zero2", 2, 1),
+    "qwen3-vl-4b": ("qwen3_vl", 1e-5, 4096, "zero2", 2, 1),
+    "qwen3-vl-8b": ("qwen3_vl", 1e-5, 4096, "zero3", 1, 2),
+    "internvl3-1b": ("internvl", 2e-5, 8192, "zero2", 2, 1),
+    "internvl3-2b": ("internvl", 2e-5, 8192, "zero2", 2, 1),
+    "internvl3-8b": ("internvl", 1e-5, 8192, "zero3", 1, 2),
+}
 
 
 # --- recipes reproduce docs/method.md §5 -------------------------------------------------------------------------
 def test_there_is_a_recipe_per_published_model():
     # `demo` is the demo's own preset (tested in tests/test_demo.py), not a published run.
-    assert sorted(set(recipe_names()) - {"demo"}) == sorted(RECIPES)
+    assert sorted(set(recipe_names()) - {"demo"}) == sorted({**RECIPES, **BEYOND_PAPER})
+
+
+@pytest.mark.parametrize("name", sorted(BEYOND_PAPER))
+def test_recipes_beyond_the_paper_keep_its_stage_settings(name):
+    from iadr1.models.registry import get_family
+
+    family, lr, max_length, deepspeed, batch, accum = BEYOND_PAPER[name]
+    assert get_family(family).trainable
+    sft = load_config(SFTRunConfig, recipe=name, overrides=REQUIRED)
+    assert (sft.lr, sft.max_length, sft.deepspeed, sft.batch_size, sft.grad_accum) == (
+        lr, max_length, deepspeed, batch, accum,
+    )  # fmt: skip
+    assert sft.batch_size * sft.grad_accum == 2, "2 sequences per GPU per update, as published"
+    assert (sft.epochs, sft.lr_scheduler, sft.warmup_steps, sft.weight_decay, sft.max_pixels) == (
+        1, "cosine", 100, 0.1, 512 * 512,
+    )  # fmt: skip
+    assert sft.freeze_vision and not sft.lora
+    grpo = load_config(GRPORunConfig, recipe=name, overrides=REQUIRED)
+    assert (grpo.num_generations, grpo.beta, grpo.lr, grpo.max_completion_length) == (4, 0.04, 1e-6, 512)
+    assert (grpo.temperature, grpo.top_p, grpo.top_k, grpo.max_pixels) == (0.9, 0.9, 50, 480000)
+    assert grpo.batch_size * 4 * grpo.grad_accum == 6 * grpo.num_generations and grpo.deepspeed == deepspeed
+    assert [(r.name, r.weight) for r in grpo.rewards] == [("accuracy", 1.0), ("consistency", 1.0)]
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

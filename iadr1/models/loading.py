@@ -168,9 +168,9 @@ def load_model(
 
     p = _local_dir(path)
     family = family_of(p)
-    if family.model_types[0] != "internvl" or _model_type(p) == "internvl":
+    if family.name != "internvl_chat":
         cls = getattr(transformers, family.model_class)
-    else:  # remote-code InternVL ("internvl_chat"): vLLM serves it; transformers would need trust_remote_code
+    else:  # remote-code InternVL: vLLM serves it; transformers would need trust_remote_code
         raise ConfigError(
             f"{p}: model_type 'internvl_chat' is the remote-code InternVL format; use --backend vllm, "
             "or a transformers-format checkpoint (OpenGVLab/*-hf)"
@@ -179,12 +179,6 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, device)
     model = cls.from_pretrained(p, dtype=torch_dtype, **kwargs)
     return model.to(device).eval()
-
-
-def _model_type(p: Path) -> str:
-    from iadr1.models.registry import read_model_type
-
-    return read_model_type(p)
 
 
 def render_prompt(processor: Any, segments: list[str | None], system: str | None = None) -> str:

@@ -128,16 +128,27 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             name="internvl",
-            # `internvl` is the transformers-native format (OpenGVLab/*-hf); `internvl_chat` the
-            # remote-code one, which vLLM serves but transformers cannot load without trust_remote_code.
-            model_types=("internvl", "internvl_chat"),
+            # The transformers-native format (OpenGVLab's `*-hf` repositories: InternVL3-1B/2B/8B-hf, ...).
+            model_types=("internvl",),
+            model_class="InternVLForConditionalGeneration",
+            trainable=True,
+            lora_target_modules=_LM_ATTENTION,
+            frozen_modules=("model.vision_tower.", "model.multi_modal_projector."),
+            image_token="<IMG_CONTEXT>",
+            description="InternVL3 / InternVL2.5 in the transformers format (e.g. InternVL3-2B-hf)",
+        ),
+        Family(
+            name="internvl_chat",
+            # The remote-code format (OpenGVLab/InternVL2_5-4B, ...): vLLM serves it; transformers cannot load it
+            # without trust_remote_code, so it is never trained here.
+            model_types=("internvl_chat",),
             model_class="InternVLForConditionalGeneration",
             trainable=False,
             lora_target_modules=_LM_ATTENTION,
             frozen_modules=("model.vision_tower.", "model.multi_modal_projector."),
             vllm_options={"trust_remote_code": True},
             image_token="<IMG_CONTEXT>",
-            description="InternVL2.5 / InternVL3 (inference only; evaluated, not trained, in the paper)",
+            description="InternVL2.5 / InternVL3, remote-code format (vLLM inference only; evaluated in the paper)",
         ),
     )
 }

@@ -23,7 +23,9 @@ from pathlib import Path
 
 from iadr1.errors import ConfigError
 
-TINY_FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "llava_onevision")
+TINY_FAMILIES: tuple[str, ...] = (
+    "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "llava_onevision", "internvl",
+)  # fmt: skip
 
 # 56x56 .. 112x112 px: 4 to 16 image tokens per image for the Qwen families (14 px patches merged 2x2).
 TINY_MIN_PIXELS = 56 * 56
@@ -99,6 +101,16 @@ LLAVA_ONEVISION_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# InternVL3 (OpenGVLab/InternVL3-1B-hf): ChatML, one `<IMG_CONTEXT>` marker per image, which the processor
+# expands to `<img>` + 256 x tiles `<IMG_CONTEXT>` + `</img>` (here 4 per tile).
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}{% if message['content'] is string %}"
+    "{{ message['content'] }}{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "{{ '<IMG_CONTEXT>\n' }}{% elif content['type'] == 'video' %}{{ '<video>\n' }}{% elif content['type'] == 'text' %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}{% endif %}{{'<|im_end|>\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
+
 _QWEN_SPECIALS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -111,6 +123,10 @@ _QWEN_SPECIALS = [
 ]
 _LLAMA_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 _ONEVISION_SPECIALS = [*_QWEN_SPECIALS[:3], "<image>", "<video>"]
+_INTERNVL_SPECIALS = [*_QWEN_SPECIALS[:3], "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+# InternVL's tiles: 56 px (4 x 4 patches of 14, pixel-shuffled by 0.5 to 4 tokens); up to 4 tiles and a thumbnail.
+_INTERNVL_TILE = 56
+_INTERNVL_MAX_TILES = 4
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -558,6 +574,53 @@ def _build_onevision(hidden_size: int, num_layers: int, vocab: int, seed: int, c
     return LlavaOnevisionForConditionalGeneration(config), processor, tok
 
 
+def _build_internvl(hidden_size: int, num_layers: int, vocab: int, seed: int, corpus: Sequence[str] = ()):
+    """InternVL3 in the transformers format (`model_type: internvl`): an InternViT tower, the pixel-shuffle MLP
+    projector and a Qwen2 language model, with the GotOcr2 tiling image processor of the `-hf` checkpoints."""
+    from transformers import (
+        GotOcr2ImageProcessor,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+    )
+    from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
+
+    named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+             "video_token": "<video>"}  # fmt: skip
+    tok = _build_tokenizer(
+        _INTERNVL_SPECIALS, vocab, seed, corpus, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        extra_special_tokens=named,
+    )  # fmt: skip
+    tok.padding_side = "left"
+    ids = {t: tok.convert_tokens_to_ids(t) for t in _INTERNVL_SPECIALS}
+    text = {"model_type": "qwen2", **_text_kwargs(hidden_size, num_layers, len(tok))}
+    text.update(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    tokens_per_tile = (_INTERNVL_TILE // _PATCH) ** 2 // 4  # pixel shuffle by 0.5 in both directions
+    config = InternVLConfig(
+        vision_config={
+            "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 1, "intermediate_size": 128,
+            "image_size": [_INTERNVL_TILE, _INTERNVL_TILE], "patch_size": [_PATCH, _PATCH],
+        },
+        text_config=text,
+        image_token_id=ids["<IMG_CONTEXT>"],
+        image_seq_length=tokens_per_tile,
+        downsample_ratio=0.5,
+        vision_feature_layer=-1,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    size = {"height": _INTERNVL_TILE, "width": _INTERNVL_TILE}
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(
+            size=size, crop_to_patches=True, min_patches=1, max_patches=_INTERNVL_MAX_TILES
+        ),
+        tokenizer=tok,
+        video_processor=InternVLVideoProcessor(size=size),
+        image_seq_length=tokens_per_tile,
+        chat_template=INTERNVL_CHAT_TEMPLATE,
+    )
+    return InternVLForConditionalGeneration(config), processor, tok
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Entry point
 # ------------------------------------------------------------------------------------------------------------
@@ -611,6 +674,8 @@ def build_tiny(
         model, processor, tok = _build_qwen(fam.name, hidden_size, num_layers, vocab_size, seed, corpus, vision)
     elif fam.name in ("llava", "llava_next"):
         model, processor, tok = _build_llava(fam.name, hidden_size, num_layers, vocab_size, seed, corpus)
+    elif fam.name == "internvl":
+        model, processor, tok = _build_internvl(hidden_size, num_layers, vocab_size, seed, corpus)
     else:
         model, processor, tok = _build_onevision(hidden_size, num_layers, vocab_size, seed, corpus)
 
