@@ -121,19 +121,19 @@ class DemoConfig(BaseModel):
     # --- tiny model -------------------------------------------------------------------------------------------
     family: str = Field(
         "qwen3_vl",
-        description="Tiny model family (a Qwen family: the warm-up needs its patch grid). qwen3_vl: its tower's "
-        "absolute position embeddings let each image token say where it is (docs/demo.md).",
+        description="Tiny model family. qwen3_vl: its tower's absolute position embeddings let each image token say "
+        "where it is (docs/demo.md). The vision warm-up and the vision_* / patch_size options need a Qwen family's "
+        "patch grid; with another family (llava*, internvl) the demo runs without them (a random tower: it shows "
+        "the pipeline, not the method's gains).",
     )
 
     @field_validator("family")
     @classmethod
     def _tiny_family(cls, v: str) -> str:
-        from iadr1.models.registry import FAMILIES
         from iadr1.models.tiny import TINY_FAMILIES
 
-        qwen = [f for f in TINY_FAMILIES if FAMILIES[f].dynamic_resolution]  # 7 px patches, the warm-up's grid
-        if v not in qwen:
-            raise ValueError(f"family must be one of {', '.join(qwen)}; got {v!r}")
+        if v not in TINY_FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(TINY_FAMILIES)}; got {v!r}")
         return v
 
     hidden_size: int = 256
@@ -584,6 +584,10 @@ def run_demo(
         if not (model0 / "config.json").is_file():
             raise ConfigError(f"--model {model0}: not a checkpoint folder (no config.json)")
     else:
+        from iadr1.models.registry import get_family
+
+        patch_grid = get_family(cfg.family).dynamic_resolution  # the Qwen families: the warm-up's token grid
+        vision = {"vision_depth": cfg.vision_depth, "vision_dim": cfg.vision_dim, "patch_size": cfg.patch_size}
         model0 = build_tiny(
             cfg.family,
             out / "model_untrained",
@@ -592,11 +596,11 @@ def run_demo(
             vocab_size=cfg.vocab_size,
             seed=cfg.seed,
             corpus=_corpus_from(sft_file),
-            vision_depth=cfg.vision_depth,
-            vision_dim=cfg.vision_dim,
-            patch_size=cfg.patch_size,
+            **(vision if patch_grid else {}),
         )
-        if cfg.warmup_epochs:
+        if cfg.warmup_epochs and not patch_grid:
+            say(f"vision warm-up: skipped (it needs a Qwen family's patch grid; {cfg.family} keeps a random tower)")
+        elif cfg.warmup_epochs:
             model0, warmup = _warm_up(model0, cfg, ds, progress, say)
     say(f"model: {model0}")
     samples = _sample_keys(ds.test_file, cfg.samples)

@@ -229,13 +229,28 @@ def test_cli_refuses_used_folder(quick_demo: tuple[Path, dict, list, list], caps
 # --- without a demo run --------------------------------------------------------------------------------------------
 
 
-def test_demo_family_must_be_a_tiny_qwen_family(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_family_must_be_a_tiny_family(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert DemoConfig(family="qwen2_vl").family == "qwen2_vl"
+    assert DemoConfig(family="internvl").family == "internvl"
     with pytest.raises(SystemExit) as e:  # refused before any image is drawn
-        main(["demo", "--out", str(tmp_path / "x"), "--family", "llava"])
+        main(["demo", "--out", str(tmp_path / "x"), "--family", "internvl_chat"])
     assert e.value.code == 1
-    assert "family must be one of qwen2_vl, qwen2_5_vl, qwen3_vl" in capsys.readouterr().err
+    assert "family must be one of qwen2_vl, qwen2_5_vl, qwen3_vl, llava" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.train
+@pytest.mark.e2e
+def test_demo_runs_end_to_end_with_internvl(tmp_path: Path) -> None:
+    """InternVL (no patch grid for the warm-up): the demo skips the warm-up, says so, and runs every stage."""
+    messages: list[str] = []
+    tiny = {"n_train": 160, "n_test": 16, "hidden_size": 128, "num_layers": 2, "vocab_size": 800, "samples": 2,
+            "grpo": {"max_steps": 1, "batch_size": 8}, "sft": {"max_steps": 4}}  # fmt: skip
+    report = run_demo(DemoConfig(out=tmp_path / "out", family="internvl", **tiny), on_message=messages.append)
+    assert set(report["stages"]) == {"untrained", "sft", "grpo"}
+    assert any(m.startswith("vision warm-up: skipped") for m in messages)
+    assert (tmp_path / "out" / "eval_grpo" / "predictions.jsonl").is_file()
+    assert json.loads((tmp_path / "out" / "model_untrained" / "config.json").read_text())["model_type"] == "internvl"
 
 
 def test_cli_rejects_unknown_defect_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

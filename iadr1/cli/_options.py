@@ -111,3 +111,14 @@ def renamed(value: Any, old_value: Any, old: str, new: str) -> Any:
 
     deprecated(lambda text: print(text, file=sys.stderr), old, new)
     return old_value
+
+
+def warn_versions(command: str) -> None:
+    """Packages outside the versions iadr1 is tested with (`iadr1.versions`), one line each on stderr, before a long
+    run of `command` (sft, grpo, infer) starts."""
+    from rich.console import Console
+
+    from iadr1.versions import STAGE_PACKAGES, warn_outside_tested
+
+    err = Console(stderr=True, highlight=False)
+    warn_outside_tested(lambda line: err.print(f"[bold yellow]{line}[/]", soft_wrap=True), STAGE_PACKAGES[command])

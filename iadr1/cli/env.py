@@ -44,7 +44,21 @@ def env() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from iadr1.versions import TESTED, outside_tested, within_tested
+
+    info = collect()
+    bad = outside_tested()
     table = Table(show_header=False, box=None)
-    for k, v in collect().items():
-        table.add_row(f"[bold]{k}[/]", v)
-    Console().print(table)
+    for k, v in info.items():
+        tested = ""
+        if k in TESTED:
+            status = within_tested(k)
+            mark = "" if status is None else (": [green]ok[/]" if status[2] else ": [red]outside[/]")
+            tested = f"tested {TESTED[k]}{mark}"
+        table.add_row(f"[bold]{k}[/]", v, tested)
+    console = Console()
+    console.print(table)
+    for line in bad:
+        console.print(f"[bold yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+    if not bad:
+        console.print("every installed package is inside the versions iadr1 is tested with", highlight=False)

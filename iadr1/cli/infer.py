@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from iadr1.cli._options import Opt, config_command, renamed
+from iadr1.cli._options import Opt, config_command, renamed, warn_versions
 from iadr1.config import flag
 
 # Flags of `iadr1 infer`; the help texts are InferConfig's field descriptions (iadr1/infer/runner.py).
@@ -85,6 +85,7 @@ def _infer(**options: object) -> None:
         raise ConfigError(f"missing {', '.join(missing)}")
     cfg = load_config(config, **options)
     console = err
+    warn_versions("infer")
     from iadr1.cli._progress import ProgressBars
 
     with ProgressBars(console, disable=quiet or not console.is_terminal) as on_progress:

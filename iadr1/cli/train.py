@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from iadr1.cli._options import Opt, config_command
+from iadr1.cli._options import Opt, config_command, warn_versions
 
 # The options of `sft` and `grpo`, declared once; help texts are the config fields' descriptions
 # (iadr1.train.config), so `--help`, the YAML config and the docs say the same thing.
@@ -99,6 +99,8 @@ def _run_stage(stage: str, values: dict[str, Any]) -> None:
     if values.get("print_config"):
         _print_config(cfg)
         return
+    if _is_main():
+        warn_versions(stage)
     if stage == "sft":
         from iadr1.train.sft import run_sft
 
