@@ -17,6 +17,7 @@ IMAGE_MARKER = {
     "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
     "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
     "qwen3_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "qwen3_vl_moe": "<|vision_start|><|image_pad|><|vision_end|>",
     "llava": "<image>",
     "llava_next": "<image>",
     "llava_onevision": "<image>",
@@ -51,7 +52,9 @@ def test_get_family_by_name_and_model_type():
 
 
 def test_the_qwen_families_are_the_dynamic_resolution_ones():
-    assert {f.name for f in FAMILIES.values() if f.dynamic_resolution} == {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
+    assert {f.name for f in FAMILIES.values() if f.dynamic_resolution} == {
+        "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe",
+    }  # fmt: skip
 
 
 def test_unknown_family_lists_the_known_ones():

@@ -100,6 +100,18 @@ FAMILIES: dict[str, Family] = {
             description="Qwen3-VL (2B/4B/8B-Instruct; not in the paper)",
         ),
         Family(
+            name="qwen3_vl_moe",
+            model_types=("qwen3_vl_moe",),
+            model_class="Qwen3VLMoeForConditionalGeneration",
+            trainable=True,
+            # Attention only, as for every family: the experts are fused 3-D weights, not Linear layers.
+            lora_target_modules=_LM_ATTENTION,
+            frozen_modules=_QWEN_VISION,
+            dynamic_resolution=True,
+            image_token="<|vision_start|><|image_pad|><|vision_end|>",
+            description="Qwen3-VL mixture of experts (e.g. Qwen3-VL-30B-A3B-Instruct); not in the paper",
+        ),
+        Family(
             name="llava",
             model_types=("llava",),
             model_class="LlavaForConditionalGeneration",

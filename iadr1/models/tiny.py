@@ -24,7 +24,7 @@ from pathlib import Path
 from iadr1.errors import ConfigError
 
 TINY_FAMILIES: tuple[str, ...] = (
-    "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava", "llava_next", "llava_onevision", "internvl",
+    "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "llava", "llava_next", "llava_onevision", "internvl",
 )  # fmt: skip
 
 # 56x56 .. 112x112 px: 4 to 16 image tokens per image for the Qwen families (14 px patches merged 2x2).
@@ -400,24 +400,30 @@ def _build_qwen(
             Qwen2VLProcessor,
             Qwen2VLVideoProcessor,
         )
-    elif family == "qwen3_vl":
-        from transformers import (
-            Qwen3VLConfig,
-            Qwen3VLForConditionalGeneration,
-            Qwen3VLProcessor,
-            Qwen3VLVideoProcessor,
-        )
+    elif family in ("qwen3_vl", "qwen3_vl_moe"):
+        import transformers
+        from transformers import Qwen3VLProcessor, Qwen3VLVideoProcessor
 
         # Qwen3-VL: learned absolute position embeddings in the tower (bilinearly interpolated to each image's
         # patch grid; here one per patch of a 112 px image), interleaved M-RoPE in the language model, deep-stack
-        # features of the first block added to the first language-model layer, q/k norms, head_dim 64.
+        # features of the first block added to the first language-model layer, q/k norms, head_dim 64. The MoE
+        # variant (Qwen3-VL-30B-A3B, 235B-A22B) has the same tower and processor; its MLPs are 4 experts, 2 per token.
         grid = -(-112 // patch)
         vision = {**later_tower, "num_position_embeddings": grid * grid, "deepstack_visual_indexes": [0]}
         text["head_dim"] = head_dim
         text["rope_parameters"] = {**text["rope_parameters"], "rope_theta": 5e6, "mrope_interleaved": True}
-        config = Qwen3VLConfig(text_config=text, vision_config=vision, **common)
+        moe = family == "qwen3_vl_moe"
+        if moe:
+            # Qwen3's MoE renormalises the top-k router weights: vLLM 0.32 reads `norm_topk_prob`, which transformers
+            # 5.19's config class does not declare (it is kept as an extra attribute, and saved).
+            text.update(
+                num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden_size // 2, decoder_sparse_step=1,
+                norm_topk_prob=True,
+            )  # fmt: skip
+        name = "Qwen3VLMoe" if moe else "Qwen3VL"
+        config = getattr(transformers, f"{name}Config")(text_config=text, vision_config=vision, **common)
         model_cls, proc_cls, video_cls = (
-            Qwen3VLForConditionalGeneration,
+            getattr(transformers, f"{name}ForConditionalGeneration"),
             Qwen3VLProcessor,
             Qwen3VLVideoProcessor,
         )
