@@ -213,7 +213,7 @@ def _done_images(path: Path) -> set[str]:
     return {obj["image"] for _, obj in iter_jsonl(path) if isinstance(obj, dict) and isinstance(obj.get("image"), str)}
 
 
-def _references(entries: list[MetaEntry], root: Path) -> dict[str, list[str]]:
+def _references(entries: list[MetaEntry]) -> dict[str, list[str]]:
     """Normal non-test images per class, template images first: the teacher's reference candidates."""
     out: dict[str, list[str]] = {}
     for e in sorted(entries, key=lambda e: split_of(e) != "template"):
@@ -263,7 +263,7 @@ def annotate(
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     done = _done_images(cfg.out)
     problems: list[dict[str, str]] = []
-    refs = _references(entries, root) if cfg.reasoner == "model" and cfg.references else {}
+    refs = _references(entries) if cfg.reasoner == "model" and cfg.references else {}
 
     def problem(kind: str, item: str, detail: str) -> None:
         problems.append({"kind": kind, "item": item, "detail": detail})
