@@ -15,6 +15,20 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+def _no_tqdm_monitor_thread() -> None:
+    """tqdm starts a monitor thread with its first progress bar (a model load in one test) and keeps it for the
+    session; eval's background reader forks only when no other thread runs (iadr1/eval/load.py), so that thread
+    would turn its tests into skips (failures in CI). Bars still draw; only the monitor is off."""
+    try:
+        import tqdm
+    except ImportError:
+        return
+    tqdm.tqdm.monitor_interval = 0
+
+
+_no_tqdm_monitor_thread()
+
+
 def missing(why: str) -> None:
     """A dependency of the test is missing: skip on a developer's machine (the summary says why), fail in CI
     (`CI=true`), where `make install` provides everything and a skip would hide a broken set-up."""
