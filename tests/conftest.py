@@ -66,3 +66,19 @@ def tiny_model_factory(tmp_path_factory):
 def tiny_model(tiny_model_factory):
     """`tiny_model(family) -> Path` with the default tiny sizes (alias of the factory without options)."""
     return tiny_model_factory
+
+
+# --- the scripted OpenAI-compatible server (tests/openai_stub.py) -----------------------------------------------------
+STUB_KEY_ENV = "IADR1_TEST_KEY"
+STUB_KEY = "sk-test-0123456789"  # set in STUB_KEY_ENV for the test; must never appear in any file written
+
+
+@pytest.fixture
+def openai_server(monkeypatch):
+    """A started `StubServer` on loopback, with `STUB_KEY` in the environment variable `STUB_KEY_ENV`."""
+    from openai_stub import StubServer
+
+    server = StubServer().start()
+    monkeypatch.setenv(STUB_KEY_ENV, STUB_KEY)
+    yield server
+    server.stop()

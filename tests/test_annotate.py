@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import STUB_KEY
 from helpers_trees import disc_mask, make_masked_mvtec, make_masked_sdd, write_image
-from openai_stub import StubServer
 from PIL import Image
 
 from iadr1.answers import parse
@@ -28,7 +28,7 @@ from iadr1.data.meta import write_meta
 from iadr1.errors import ConfigError
 from iadr1.rewards.location import location_cell
 
-SECRET = "sk-annotate-test-0123456789"
+SECRET = STUB_KEY
 
 
 def lines(path: Path) -> list[dict]:
@@ -333,11 +333,8 @@ def good_reply(body: dict) -> dict:
 
 
 @pytest.fixture
-def stub(monkeypatch):
-    s = StubServer().start()
-    monkeypatch.setenv("IADR1_TEST_KEY", SECRET)
-    yield s
-    s.stop()
+def stub(openai_server):
+    return openai_server
 
 
 def with_teacher(stub, meta: Path, root: Path, out: Path, **kw) -> dict:

@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import STUB_KEY
 from helpers_trees import texture, write_image
-from openai_stub import StubServer
 
 from iadr1.cli import main
 from iadr1.errors import ConfigError, DataError
 from iadr1.infer.predict import find_images, run_predict
 from iadr1.infer.runner import InferConfig
 
-SECRET = "sk-predict-test"
+SECRET = STUB_KEY
 
 
 def lines(path: Path) -> list[dict]:
@@ -44,11 +44,8 @@ def test_find_images_walks_folders_in_order(folder):
 
 
 @pytest.fixture
-def stub(monkeypatch):
-    s = StubServer().start()
-    monkeypatch.setenv("IADR1_TEST_KEY", SECRET)
-    yield s
-    s.stop()
+def stub(openai_server):
+    return openai_server
 
 
 def cfg(stub, out: Path) -> InferConfig:
@@ -89,7 +86,7 @@ def test_one_shot_with_a_reference_and_settings_refused(stub, folder, tmp_path):
     s = run_predict(cfg(stub, out), [folder / "a"], reference=ref, gallery=False)
     assert s.written == 2 and s.gallery is None
     bodies = [r["body"] for r in stub.requests]
-    assert all(json.dumps(b).count("\"type\": \"image_url\"") == 2 for b in bodies)  # the reference, then the query
+    assert all(json.dumps(b).count('"type": "image_url"') == 2 for b in bodies)  # the reference, then the query
     assert all(r["shots"] == 1 and r["reference"] == str(ref) for r in lines(out / "predictions.jsonl"))
     with pytest.raises(ConfigError, match="other settings"):
         run_predict(cfg(stub, out), [folder / "a"])  # zero-shot into a one-shot folder

@@ -25,14 +25,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from iadr1.answers import parse
 from iadr1.data.annotate.masks import GRID_WORDS
 from iadr1.data.io import IMAGE_SUFFIXES, JsonlAppender, atomic_write_text, check_image, file_sha256, iter_jsonl
-from iadr1.data.schemas import Prediction
 from iadr1.errors import ConfigError, DataError
 from iadr1.infer.base import Request, Result
 from iadr1.infer.manifest import check_folder, now, run_settings, write_manifest
-from iadr1.infer.runner import InferConfig, make_backend
+from iadr1.infer.runner import InferConfig, make_backend, prediction_record
 from iadr1.prompts import inference_segments
 from iadr1.rewards.location import location_cell
 
@@ -81,18 +79,7 @@ def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def _record(path: Path, result: Result, icfg: InferConfig, reference: Path | None) -> dict[str, Any]:
-    answer = parse(result.raw) if result.error is None else parse(None)
-    rec = Prediction(
-        image=str(path),
-        prompt_style=icfg.prompt_style,
-        shots=icfg.shots,
-        raw=result.raw,
-        answer=answer.answer,
-        letter=answer.letter,
-        p_yes=None if result.p_yes is None else round(float(result.p_yes), 6),
-        latency_s=None if result.latency_s is None else round(result.latency_s, 4),
-        error=result.error,
-    ).to_json()
+    rec, answer = prediction_record(str(path), icfg, result)
     return rec | {
         "location": answer.location,
         "type": answer.type,

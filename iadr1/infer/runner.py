@@ -311,6 +311,12 @@ def _read_done(path: Path, cfg: InferConfig, selected: set[str]) -> set[str]:
 # The run
 # ---------------------------------------------------------------------------------------------------------------
 def _record(key: str, cfg: InferConfig, result: Result) -> dict[str, Any]:
+    return prediction_record(key, cfg, result)[0]
+
+
+def prediction_record(key: str, cfg: InferConfig, result: Result) -> tuple[dict[str, Any], Any]:
+    """The predictions-file line of one result (and the parsed `iadr1.answers.Answer`, for callers that add to it:
+    `iadr1 predict`)."""
     answer = parse(result.raw) if result.error is None else parse(None)
     rec = Prediction(
         image=key,
@@ -323,7 +329,7 @@ def _record(key: str, cfg: InferConfig, result: Result) -> dict[str, Any]:
         latency_s=None if result.latency_s is None else round(result.latency_s, 4),
         error=result.error,
     )
-    return rec.to_json()
+    return rec.to_json(), answer
 
 
 def run_inference(
