@@ -109,3 +109,12 @@ def test_cli_predict_with_a_tiny_model(tiny_model, folder, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["predict", str(tmp_path / "nope"), "--model", str(tiny_model("qwen2_vl")), "--out", str(out)])
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_a_rerun_replaces_failed_lines_even_when_all_failed(stub, folder, tmp_path):
+    out = tmp_path / "out"
+    broken = folder / "b" / "broken.png"
+    for _ in range(2):
+        s = run_predict(cfg(stub, out), [broken], gallery=False)
+        assert s.errors == 1
+        assert len(lines(out / "predictions.jsonl")) == 1, "the failed line is replaced, not repeated"

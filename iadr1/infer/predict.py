@@ -26,7 +26,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from iadr1.data.annotate.masks import GRID_WORDS
-from iadr1.data.io import IMAGE_SUFFIXES, JsonlAppender, atomic_write_text, check_image, file_sha256, iter_jsonl
+from iadr1.data.io import (
+    IMAGE_SUFFIXES,
+    JsonlAppender,
+    atomic_write_jsonl,
+    atomic_write_text,
+    check_image,
+    file_sha256,
+    iter_jsonl,
+)
 from iadr1.errors import ConfigError, DataError
 from iadr1.infer.base import Request, Result
 from iadr1.infer.manifest import check_folder, now, run_settings, write_manifest
@@ -129,9 +137,7 @@ def run_predict(
         say(f"--overwrite: removed {', '.join(p.name for p in removed)}")
     out.mkdir(parents=True, exist_ok=True)
     done, kept = _read_done(pred_path)
-    if kept and len(kept) != sum(1 for _ in iter_jsonl(pred_path)):
-        from iadr1.data.io import atomic_write_jsonl
-
+    if pred_path.exists() and len(kept) != sum(1 for _ in iter_jsonl(pred_path)):
         atomic_write_jsonl(pred_path, kept)  # failed lines go: their images are asked again
     started = now()
     write_manifest(pred_path, icfg, settings, started)
