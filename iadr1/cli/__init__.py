@@ -17,6 +17,7 @@ from iadr1.cli import env as _env
 from iadr1.cli import eval as _eval
 from iadr1.cli import infer as _infer
 from iadr1.cli import predict as _predict
+from iadr1.cli import serve as _serve
 from iadr1.cli import train as _train
 from iadr1.errors import IADR1Error
 
@@ -60,6 +61,7 @@ app.command("grpo")(_train.grpo)
 app.command("merge")(_train.merge)
 app.command("infer")(_infer.infer)
 app.command("predict")(_predict.predict)
+app.command("serve")(_serve.serve)
 app.add_typer(_eval.app, name="eval")
 app.command("demo")(_demo.demo)
 

