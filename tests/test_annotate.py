@@ -18,7 +18,7 @@ from helpers_trees import disc_mask, make_masked_mvtec, make_masked_sdd, write_i
 from PIL import Image
 
 from iadr1.answers import parse
-from iadr1.data.annotate import GRID_WORDS, TypeTable, mask_facts, read_mask
+from iadr1.data.annotate import GRID_WORDS, TypeChoice, TypeTable, mask_facts, read_mask
 from iadr1.data.annotate.masks import extent_phrase
 from iadr1.data.annotate.run import AnnotateConfig, annotate, report_path, sheet_path
 from iadr1.data.annotate.teacher import check_reply
@@ -127,7 +127,7 @@ def test_defect_names_map_by_what_the_defect_is():
     for name, category in expected.items():
         assert t.choose(name, "any").type == category, name
     for generic in ("combined", "flip", "misplaced", "defect", "bad", "anomaly", "ko"):
-        assert t.choose(generic, "c") == t.choose(generic, "c").__class__(None, "generic"), generic
+        assert t.choose(generic, "c") == TypeChoice(None, "generic"), generic
     assert t.choose("weird_thing", "c").source == "unknown"
 
 
@@ -180,7 +180,7 @@ def test_a_types_file_extends_and_overrides_the_table(tmp_path):
     assert t.choose("anomaly", "candle").type == "Contamination"
     assert t.choose("anomaly", "pcb1", "VisA/pcb1/Data/Images/Anomaly/0.JPG").type == "Damage"
     assert t.choose("anomaly", "pcb1", "other/pcb1/0.png").type == "Abrasion"  # "*" for the rest
-    assert t.choose("crack", "x") == t.choose("crack", "x").__class__("Abrasion", "class_default")  # made generic
+    assert t.choose("crack", "x") == TypeChoice("Abrasion", "class_default")  # made generic
     bad = tmp_path / "bad.yaml"
     bad.write_text("names:\n  rust: corrosion-ish\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: names.rust: 'corrosion-ish' is not one of the defect"):

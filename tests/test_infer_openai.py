@@ -10,7 +10,6 @@ import math
 
 import pytest
 from infer_helpers import make_bench, write_png
-from openai_stub import StubServer
 from PIL import Image
 
 from iadr1.errors import ConfigError
@@ -23,10 +22,8 @@ SECRET = "sk-test-SECRET-0123456789abcdefXYZ"
 
 
 @pytest.fixture
-def server():
-    s = StubServer().start()
-    yield s
-    s.stop()
+def server(openai_server):
+    return openai_server  # conftest's: started, stopped, on loopback
 
 
 @pytest.fixture

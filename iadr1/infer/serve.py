@@ -22,10 +22,8 @@ from pathlib import Path
 
 from iadr1.errors import ConfigError
 from iadr1.infer.base import resolve_max_pixels
-from iadr1.infer.vllm_backend import default_max_model_len
+from iadr1.infer.vllm_backend import default_max_model_len, vllm_dtype
 from iadr1.models.registry import family_of
-
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def serve_command(
@@ -56,7 +54,7 @@ def serve_command(
         "--host", host, "--port", str(port),
         "--max-model-len", str(max_model_len),
         "--limit-mm-per-prompt", json.dumps({"image": int(max_images)}),
-        "--dtype", _DTYPES.get(dtype, dtype),
+        "--dtype", vllm_dtype(dtype),  # as the in-process backend: auto is bf16 on CUDA (published), else vLLM's
     ]  # fmt: skip
     cap, note = resolve_max_pixels(path, max_pixels)
     if note:

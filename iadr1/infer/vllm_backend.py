@@ -183,7 +183,7 @@ class VLLMBackend(Backend):
         self.image_factor = image_factor(family, self.processor)
         kwargs: dict[str, Any] = {
             "model": str(path),
-            "dtype": _vllm_dtype(dtype),
+            "dtype": vllm_dtype(dtype),
             "seed": self.options.seed,
             "limit_mm_per_prompt": {"image": int(max_images)},
             "tensor_parallel_size": int(tensor_parallel_size),
@@ -323,7 +323,7 @@ class VLLMBackend(Backend):
         gc.collect()
 
 
-def _vllm_dtype(dtype: str) -> str:
+def vllm_dtype(dtype: str) -> str:
     """`auto` is bf16 on CUDA (the published setting, whatever the checkpoint's config says: LLaVA-1.5 says fp16),
     else vLLM's own choice; short names are spelled out."""
     if dtype == "auto":

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,29 @@ class Family:
         return hash(self.name)
 
 
+# What the four Qwen families share: the tower and merger inside `model.visual` (Qwen3-VL's deep-stack mergers too),
+# Qwen's patch-grid processor, the same image markers. Each family below adds only what differs.
+_QWEN = {
+    "trainable": True,
+    "lora_target_modules": _LM_ATTENTION,
+    "frozen_modules": _QWEN_VISION,
+    "dynamic_resolution": True,
+    "image_token": "<|vision_start|><|image_pad|><|vision_end|>",
+}
+_LLAVA = {"trainable": True, "lora_target_modules": _LM_ATTENTION}
+
+_INTERNVL = Family(
+    name="internvl",
+    # The transformers-native format (OpenGVLab's `*-hf` repositories: InternVL3-1B/2B/8B-hf, ...).
+    model_types=("internvl",),
+    model_class="InternVLForConditionalGeneration",
+    trainable=True,
+    lora_target_modules=_LM_ATTENTION,
+    frozen_modules=_LLAVA_VISION,  # InternVL names its tower and projector as LLaVA does
+    image_token="<IMG_CONTEXT>",
+    description="InternVL3 / InternVL2.5 in the transformers format (e.g. InternVL3-2B-hf)",
+)
+
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
@@ -70,96 +93,64 @@ FAMILIES: dict[str, Family] = {
             name="qwen2_vl",
             model_types=("qwen2_vl",),
             model_class="Qwen2VLForConditionalGeneration",
-            trainable=True,
-            lora_target_modules=_LM_ATTENTION,
-            frozen_modules=_QWEN_VISION,
-            dynamic_resolution=True,
-            image_token="<|vision_start|><|image_pad|><|vision_end|>",
             description="Qwen2-VL (e.g. Qwen2-VL-2B-Instruct)",
+            **_QWEN,
         ),
         Family(
             name="qwen2_5_vl",
             model_types=("qwen2_5_vl",),
             model_class="Qwen2_5_VLForConditionalGeneration",
-            trainable=True,
-            lora_target_modules=_LM_ATTENTION,
-            frozen_modules=_QWEN_VISION,
-            dynamic_resolution=True,
-            image_token="<|vision_start|><|image_pad|><|vision_end|>",
             description="Qwen2.5-VL (3B/7B/72B-Instruct; Anomaly-R1)",
+            **_QWEN,
         ),
         Family(
             name="qwen3_vl",
             model_types=("qwen3_vl",),
             model_class="Qwen3VLForConditionalGeneration",
-            trainable=True,
-            lora_target_modules=_LM_ATTENTION,
-            frozen_modules=_QWEN_VISION,  # the deep-stack mergers live inside `visual` too
-            dynamic_resolution=True,
-            image_token="<|vision_start|><|image_pad|><|vision_end|>",
             description="Qwen3-VL (2B/4B/8B-Instruct; not in the paper)",
+            **_QWEN,
         ),
         Family(
             name="qwen3_vl_moe",
             model_types=("qwen3_vl_moe",),
             model_class="Qwen3VLMoeForConditionalGeneration",
-            trainable=True,
-            # Attention only, as for every family: the experts are fused 3-D weights, not Linear layers.
-            lora_target_modules=_LM_ATTENTION,
-            frozen_modules=_QWEN_VISION,
-            dynamic_resolution=True,
-            image_token="<|vision_start|><|image_pad|><|vision_end|>",
+            # LoRA on attention only, as for every family: the experts are fused 3-D weights, not Linear layers.
             description="Qwen3-VL mixture of experts (e.g. Qwen3-VL-30B-A3B-Instruct); not in the paper",
+            **_QWEN,
         ),
         Family(
             name="llava",
             model_types=("llava",),
             model_class="LlavaForConditionalGeneration",
-            trainable=True,
-            lora_target_modules=_LM_ATTENTION,
             frozen_modules=_LLAVA_VISION,
             description="LLaVA-1.5 (llava-hf/llava-1.5-7b-hf, 13b)",
+            **_LLAVA,
         ),
         Family(
             name="llava_next",
             model_types=("llava_next",),
             model_class="LlavaNextForConditionalGeneration",
-            trainable=True,
-            lora_target_modules=_LM_ATTENTION,
             frozen_modules=_LLAVA_NEXT_VISION,
             description="LLaVA-1.6 / LLaVA-NeXT (llava-hf/llava-v1.6-mistral-7b-hf, 34b)",
+            **_LLAVA,
         ),
         Family(
             name="llava_onevision",
             model_types=("llava_onevision",),
             model_class="LlavaOnevisionForConditionalGeneration",
-            trainable=True,
-            lora_target_modules=_LM_ATTENTION,
             frozen_modules=_LLAVA_NEXT_VISION,
             description="LLaVA-OneVision (llava-hf/llava-onevision-qwen2-0.5b-si-hf, 7b)",
+            **_LLAVA,
         ),
-        Family(
-            name="internvl",
-            # The transformers-native format (OpenGVLab's `*-hf` repositories: InternVL3-1B/2B/8B-hf, ...).
-            model_types=("internvl",),
-            model_class="InternVLForConditionalGeneration",
-            trainable=True,
-            lora_target_modules=_LM_ATTENTION,
-            frozen_modules=("model.vision_tower.", "model.multi_modal_projector."),
-            image_token="<IMG_CONTEXT>",
-            description="InternVL3 / InternVL2.5 in the transformers format (e.g. InternVL3-2B-hf)",
-        ),
-        Family(
+        _INTERNVL,
+        # The remote-code format (OpenGVLab/InternVL2_5-4B, ...): vLLM serves it; transformers cannot load it without
+        # trust_remote_code, so it is never trained here.
+        replace(
+            _INTERNVL,
             name="internvl_chat",
-            # The remote-code format (OpenGVLab/InternVL2_5-4B, ...): vLLM serves it; transformers cannot load it
-            # without trust_remote_code, so it is never trained here.
             model_types=("internvl_chat",),
-            model_class="InternVLForConditionalGeneration",
             trainable=False,
-            lora_target_modules=_LM_ATTENTION,
-            frozen_modules=("model.vision_tower.", "model.multi_modal_projector."),
             vllm_options={"trust_remote_code": True},
-            image_token="<IMG_CONTEXT>",
             description="InternVL2.5 / InternVL3, remote-code format (vLLM inference only; evaluated in the paper)",
         ),
     )

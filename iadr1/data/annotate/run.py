@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from iadr1.data.annotate.defect_names import TypeChoice, TypeTable
 from iadr1.data.annotate.masks import MaskFacts, mask_facts, read_mask
@@ -102,7 +102,9 @@ class AnnotateConfig(BaseModel):
     overwrite: bool = Field(False, description="Start over: delete the annotations file of an earlier run first.")
     sheet: int = Field(12, ge=0, description="Images on the contact sheet PNG (0: none).")
     # --- the teacher (reasoner model)
-    model: str | None = Field(None, description="model: the teacher's checkpoint folder or API model name.")
+    model: str | None = Field(
+        None, validate_default=True, description="model: the teacher's checkpoint folder or API model name."
+    )
     backend: Literal["openai", "vllm", "transformers"] = Field("openai", description="model: the teacher's backend.")
     base_url: str | None = Field(None, description="openai: endpoint, e.g. http://127.0.0.1:8000/v1.")
     api_key_env: str = Field("OPENAI_API_KEY", description="openai: NAME of the environment variable holding the key.")
@@ -117,6 +119,13 @@ class AnnotateConfig(BaseModel):
     batch_size: int = Field(8, ge=1, description="transformers: requests per generate call.")
     device: str | None = Field(None, description="transformers: cuda, cpu (default: auto).")
     chunk: int = Field(64, ge=1, description="model: images sent to the teacher per round (retries wait for it).")
+
+    @field_validator("model")
+    @classmethod
+    def _teacher_named(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("reasoner") == "model" and not v:
+            raise ValueError("--reasoner model needs --model (the teacher: a checkpoint folder or an API model name)")
+        return v
 
     def settings(self) -> dict[str, Any]:
         """What decides the texts: a rerun with other settings may not append to the same file."""
@@ -244,8 +253,6 @@ def annotate(
     reasoner needs `teacher`: `iadr1.infer.teacher.open_teacher(config)` opens one on the configured backend."""
     cfg = config or AnnotateConfig(**kw)
     t0 = time.perf_counter()
-    if cfg.reasoner == "model" and not cfg.model:
-        raise ConfigError("--reasoner model needs --model (the teacher: a checkpoint folder or an API model name)")
     if cfg.reasoner == "model" and teacher is None:
         raise ConfigError("the model reasoner needs a teacher: annotate(cfg, teacher=...) (iadr1.infer.teacher)")
     if cfg.out.suffix != ".jsonl":
@@ -279,7 +286,7 @@ def annotate(
             continue
         todo.append(_Item(e, None, TypeChoice(None, "normal")))
     total = len(todo)
-    write_report(cfg, root, problems, t0, complete=False, already=len(done))  # settings on disk before any line
+    write_report(cfg, root, problems, complete=False, already=len(done))  # the settings on disk before any line
     written = 0
     with JsonlAppender(cfg.out, fsync=cfg.reasoner == "model") as out:
         teacher_items: list[_Item] = []
@@ -296,15 +303,18 @@ def annotate(
             written += 1
         if teacher_items:
             written += _run_teacher(cfg, root, teacher, teacher_items, out.write, problem, on_progress)
-    report = write_report(cfg, root, problems, t0, complete=True, already=len(done), written=written)
+    seconds = time.perf_counter() - t0
+    records = [r for _, r in iter_jsonl(cfg.out) if isinstance(r, dict)]  # the whole file, read once for both
     sheet = None
     if cfg.sheet:
         from iadr1.data.annotate.sheet import contact_sheet
 
         masks = {e.img_path: e.mask_path for e in entries if e.mask_path}
-        sheet = contact_sheet(cfg.out, root, sheet_path(cfg.out), masks, n=cfg.sheet, seed=cfg.seed)
-        report["sheet"] = str(sheet) if sheet else None
-        atomic_write_json(report_path(cfg.out), report)
+        sheet = contact_sheet(records, root, sheet_path(cfg.out), masks, n=cfg.sheet, seed=cfg.seed)
+    report = write_report(
+        cfg, root, problems, complete=True, already=len(done), written=written, seconds=seconds, records=records,
+        sheet=sheet,
+    )  # fmt: skip
     return AnnotateResult(cfg.out, report_path(cfg.out), report, sheet)
 
 
@@ -439,8 +449,9 @@ def _retry_note(refusal: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # The report
 # ---------------------------------------------------------------------------------------------------------------
-def summarize(path: Path) -> dict[str, Any]:
-    """Counts of an annotations file written by `annotate`: per class and type, sources, teacher statistics."""
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts of the records of an annotations file written by `annotate`: per class and type, sources, teacher
+    statistics."""
     per_class: dict[str, Counter[str]] = {}
     per_type: Counter[str] = Counter()
     sources: Counter[str] = Counter()
@@ -449,8 +460,8 @@ def summarize(path: Path) -> dict[str, Any]:
     first_try = asked = 0
     examples: list[dict[str, Any]] = []
     n = 0
-    if path.exists():
-        for _, rec in iter_jsonl(path):
+    if records:
+        for rec in records:
             n += 1
             c = per_class.setdefault(str(rec.get("class")), Counter())
             c["defective" if rec.get("anomaly") else "normal"] += 1
@@ -493,31 +504,37 @@ def write_report(
     cfg: AnnotateConfig,
     root: Path,
     problems: list[dict[str, str]],
-    t0: float,
     complete: bool,
     already: int = 0,
     written: int = 0,
+    seconds: float = 0.0,
+    records: list[dict[str, Any]] | None = None,
+    sheet: Path | None = None,
 ) -> dict[str, Any]:
-    seconds = time.perf_counter() - t0
-    counts = Counter(p["kind"] for p in problems)
+    """`annotations_report.json`. Written at the start with the settings only (`complete` false: what a rerun is
+    compared with), then at the end with the counts of `records` (the whole file) and this run's problems."""
     report: dict[str, Any] = {
         "settings": cfg.settings(),
         "complete": complete,
         "meta": str(cfg.meta),
         "image_root": str(root),
         "annotations": str(cfg.out),
-        "run": {
-            "already_done": already,
-            "written": written,
-            "problems": len(problems),
-            "seconds": round(seconds, 3),
-            "images_per_s": round(written / seconds, 2) if written and seconds > 0 else None,
-        },
-        **summarize(cfg.out),
-        "problem_counts": dict(counts.most_common()),
-        "problem_meanings": {k: PROBLEMS[k] for k in counts},
-        "problems": problems[:MAX_LISTED_PROBLEMS],
-        "sheet": None,
     }
+    if complete:
+        counts = Counter(p["kind"] for p in problems)
+        report |= {
+            "run": {
+                "already_done": already,
+                "written": written,
+                "problems": len(problems),
+                "seconds": round(seconds, 3),
+                "images_per_s": round(written / seconds, 2) if written and seconds > 0 else None,
+            },
+            **summarize(records or []),
+            "problem_counts": dict(counts.most_common()),
+            "problem_meanings": {k: PROBLEMS[k] for k in counts},
+            "problems": problems[:MAX_LISTED_PROBLEMS],
+            "sheet": str(sheet) if sheet else None,
+        }
     atomic_write_json(report_path(cfg.out), report)
     return report

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from iadr1.data.annotate.masks import GRID_WORDS, read_mask
-from iadr1.data.io import iter_jsonl
 
 PANEL_SIDE = 256  # pixels of the longest side of each thumbnail
 COLUMNS = 4
@@ -32,10 +31,15 @@ def _sample(records: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, 
 
 
 def contact_sheet(
-    annotations: Path, root: Path, out: Path, masks: dict[str, str] | None = None, n: int = 12, seed: int = 0
+    records: list[dict[str, Any]],
+    root: Path,
+    out: Path,
+    masks: dict[str, str] | None = None,
+    n: int = 12,
+    seed: int = 0,
 ) -> Path | None:
-    """Draw `n` sampled annotations of `annotations` into the PNG `out` (None when the file holds none).
-    `masks` maps an image path to its mask path (relative to `root`), for the outline."""
+    """Draw `n` sampled annotation records into the PNG `out` (None when there are none). `masks` maps an image
+    path to its mask path (relative to `root`), for the outline."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,7 +47,6 @@ def contact_sheet(
     from matplotlib.patches import Rectangle
     from PIL import Image
 
-    records = [r for _, r in iter_jsonl(annotations) if isinstance(r, dict)] if annotations.exists() else []
     chosen = _sample(records, n, seed)
     if not chosen:
         return None
