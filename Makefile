@@ -16,7 +16,7 @@ $(BIN)/iadr1:
 	@# DS_BUILD_OPS=0: DeepSpeed compiles its ops on first use (JIT), not at install time.
 	@# -c: the versions the tests run with (iadr1/versions.py, TESTED), so a fresh install is the tested stack.
 	$(PY) iadr1/versions.py > $(VENV)/constraints.txt
-	DS_BUILD_OPS=0 $(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[train,deepspeed,api,test]"
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[train,deepspeed,api,app,test]"
 
 install: $(BIN)/iadr1
 	@# report.html is checked in headless Chromium by the tests: install Debian's package when root on apt (CI).

@@ -147,3 +147,46 @@ def parse(text: str | None) -> Answer:
         well_formed=answer is not None and follows_grammar(text, defect=answer == "yes"),
         tagged=True,
     )
+
+
+# --- MMAD's multiple-choice answers ---------------------------------------------------------------------------------
+_CHOICE_LEAD = re.compile(r"^[\W_]*\(?([A-Ea-e])(?:\s*$|\s*[.:]|[)*])")  # "B", "(C)", "D.", "A: text", "**E**"
+_CHOICE_SAID = re.compile(r"\b(?:answer|option|choice)\s*(?:is)?\s*[:：]?\s*\(?\**([A-E])\b", re.IGNORECASE)
+_CHOICE_LONE = re.compile(r"(?<![\w'])([A-E])(?![\w'])")  # a capital letter standing alone
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def _plain(text: str) -> str:
+    return _NON_WORD.sub(" ", text.lower()).strip()
+
+
+def parse_choice(text: str | None, options: dict[str, str]) -> str | None:
+    """The option letter a reply to a multiple-choice question gives, or None when it gives none (unparsable).
+
+    Read from the first `<answer>` tag when there is one, else from the whole reply, in this order: a leading
+    letter ("B", "(C)", "D. Scratch", "**A**"); a stated one ("Answer: C", "the answer is (B)"); the text of exactly
+    one option ("Scratch." for `{"C": "Scratch"}`, or a reply containing that one option's text and no other's); a
+    single capital letter standing alone somewhere in the reply (two different ones: None). Only letters that are
+    keys of `options` count. MMAD's own scorer takes the last capital letter it finds and otherwise the closest
+    option by string similarity, so it never leaves a reply unparsed; iadr1 leaves a reply that names no option
+    unparsed and counts it wrong (and reports MMAD's convention, dropping those, beside it).
+    """
+    if not text:
+        return None
+    text = str(text)
+    tagged = first_tag("answer", text)
+    body = (tagged if tagged is not None else text).strip()
+    keys = {k.upper() for k in options}
+    for pattern in (_CHOICE_LEAD, _CHOICE_SAID):
+        m = pattern.search(body)
+        if m and m.group(1).upper() in keys:
+            return m.group(1).upper()
+    plain = _plain(body)
+    by_text = {_plain(v): k.upper() for k, v in options.items() if _plain(v)}
+    if plain in by_text:
+        return by_text[plain]
+    inside = {letter for opt, letter in by_text.items() if re.search(rf"\b{re.escape(opt)}\b", plain)}
+    if len(inside) == 1:
+        return inside.pop()
+    lone = {m.group(1) for m in _CHOICE_LONE.finditer(body)} & keys
+    return lone.pop() if len(lone) == 1 else None

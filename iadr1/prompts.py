@@ -71,16 +71,32 @@ def question_text(style: PromptStyle = "iadr1") -> str:
     return QUESTION + suffix
 
 
-def user_text(k: int = 0, style: PromptStyle = "iadr1") -> str:
+# MMAD's multiple-choice questions (`iadr1 infer --task mmad`): the question, its options one per line as MMAD's
+# scripts write them ("A. text"), then how to answer. MMAD's own instruction for untagged replies; the tagged
+# styles keep their grammar and put the letter in <answer>.
+MMAD_LETTER = "Answer with the option's letter from the given choices directly."
+MMAD_TAGGED = "Output the thinking process in <think></think> and the final option letter in <answer></answer>."
+
+
+def mmad_question_text(question: str, options: dict[str, str], style: PromptStyle = "iadr1") -> str:
+    """One MMAD question as asked: `Question: ...`, the options, and the answer instruction of `style`."""
+    lines = [f"Question: {question}", *(f"{k}. {v}" for k, v in options.items())]
+    lines.append(MMAD_TAGGED if style in ("iadr1", "anomaly_r1") else MMAD_LETTER)
+    return "\n".join(lines)
+
+
+def user_text(k: int = 0, style: PromptStyle = "iadr1", question: str | None = None) -> str:
     """The user turn with `<image>` markers: the one text that training records and inference prompts share.
 
     Zero-shot: `<image>\n{question}` (the PA-SFT format). k-shot: the k-shot intro, k reference images, the
-    "test sample" line, the query image, the question, one per line.
+    "test sample" line, the query image, the question, one per line. `question`: another question text (MMAD's,
+    `mmad_question_text`) in place of the anomaly-detection question of `style`.
     """
+    q = question if question is not None else question_text(style)
     if k <= 0:
-        return f"{IMAGE_PLACEHOLDER}\n{question_text(style)}"
+        return f"{IMAGE_PLACEHOLDER}\n{q}"
     refs = f"{IMAGE_PLACEHOLDER}\n" * k
-    return f"{k_shot_intro(k)}\n{refs}{TEST_INTRO}\n{IMAGE_PLACEHOLDER}\n{question_text(style)}"
+    return f"{k_shot_intro(k)}\n{refs}{TEST_INTRO}\n{IMAGE_PLACEHOLDER}\n{q}"
 
 
 def split_images(text: str) -> list[str | None]:
@@ -94,12 +110,11 @@ def split_images(text: str) -> list[str | None]:
     return out
 
 
-def inference_segments(k: int, style: PromptStyle = "iadr1") -> list[str | None]:
-    """The user turn of `user_text(k, style)` as text segments and `None` image slots (the last is the query).
-
-    Rendered through a chat template this gives exactly the tokens a PA-SFT record with the same text trains on.
-    """
-    return split_images(user_text(k, style))
+def inference_segments(k: int, style: PromptStyle = "iadr1", question: str | None = None) -> list[str | None]:
+    """The user turn of `user_text(k, style, question)` as text segments and `None` image slots (the last is the
+    query). Rendered through a chat template this gives exactly the tokens a PA-SFT record with the same text
+    trains on."""
+    return split_images(user_text(k, style, question))
 
 
 # --- the teacher of `iadr1 annotate --reasoner model` (docs/annotate.md) --------------------------------------------

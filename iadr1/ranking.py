@@ -1,12 +1,24 @@
 """Ranking metrics (AUROC, AUPR) over scores, grouped: pure numpy, no other iadr1 module.
 
 A leaf module so that every stage can use it without importing a later one: `iadr1.eval` scores `p_yes` with it,
-and the vision warm-up (`iadr1.train.vision`) its tower's defect scores.
+and the vision warm-up (`iadr1.train.vision`) its tower's defect scores. The decision score and its threshold rule
+(`decision_score`, `threshold_decision`) live here too: infer, predict, the app and eval apply the same one.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def decision_score(p_defect: float | None, p_yes: float | None) -> float | None:
+    """The score an operating point thresholds: P(defect) read where the reply decides, else P(yes) (prediction
+    files written before P(defect) existed, backends that give no decision position). None without either."""
+    return p_defect if p_defect is not None else p_yes
+
+
+def threshold_decision(score: float | None, threshold: float) -> str | None:
+    """ "yes" (defective) when `score >= threshold`, "no" below it, None without a score."""
+    return None if score is None else ("yes" if score >= threshold else "no")
 
 
 def score_order(score: np.ndarray) -> np.ndarray:

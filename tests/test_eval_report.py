@@ -236,7 +236,8 @@ def test_report_html_content(report):
     assert "(no prediction for this image)" in text
     assert html.escape("a dark line") in text  # the model's reasoning of the overkill
     assert '<table id="datasets">' in text and '<table id="classes">' in text and '<table id="species">' in text
-    assert text.count('<img class="plot"') == 2
+    # heatmap, classes, and the decision score's ROC and Miss/Overkill-against-threshold (the rows carry p_yes)
+    assert re.findall(r'<img class="plot" alt="(\w+)"', text) == ["heatmap", "classes", "roc", "threshold"]
 
 
 CHECK_SCRIPT = """<script>
@@ -255,6 +256,9 @@ window.addEventListener('load', () => {
     firstCell: document.querySelector('#datasets tbody td').textContent,
     unansweredShown: visible.length,
     count: document.getElementById('gallery-count').textContent,
+    width: window.innerWidth,
+    typeLocRight: Array.from(document.querySelectorAll('#datasets th'))
+      .filter(th => /type acc|location acc/.test(th.textContent)).map(th => th.getBoundingClientRect().right),
   });
   document.body.appendChild(out);
 });
@@ -287,6 +291,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         "--disable-dev-shm-usage",
         f"--user-data-dir={tmp_path / 'profile'}",
         "--virtual-time-budget=5000",
+        "--window-size=1200,900",
         "--dump-dom",
         page.as_uri(),
     ]
@@ -300,8 +305,10 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     plots = [i for i in check["images"] if i["cls"] == "plot"]
     assert len(thumbs) == 3 and all(i["complete"] and i["w"] > 0 for i in thumbs)
     assert {i["w"] for i in thumbs} == {64, 80, 96}  # thumbnails of the real files, decoded
-    assert len(plots) == 2 and all(i["w"] > 300 for i in plots)
+    assert len(plots) == 4 and all(i["w"] > 300 for i in plots)  # heatmap, classes, ROC, threshold
     assert check["unansweredShown"] == 2 and check["count"] == "2 of 4 shown"  # the filter works
+    # Type and location accuracy are in view at 1200 px, not cut off at the table's right end.
+    assert check["width"] == 1200 and len(check["typeLocRight"]) == 2 and max(check["typeLocRight"]) < 1200
 
 
 def test_multi_value_options_expand():
@@ -333,3 +340,53 @@ def test_gallery_selection_takes_every_group_in_turn():
     items += [{"dataset": "D", "class": "a", "kind": "overkill", "image": "o0"}]
     assert [it["image"] for it in _select(items, 4)] == ["a0", "a1", "o0", "b0"]
     assert _select(items, 100) == items
+
+
+# --- what an inspection engineer asks for ----------------------------------------------------------------------------
+def test_colours_mean_one_thing():
+    from iadr1.eval.report import goodness
+
+    assert goodness("miss", 0) == 100 and goodness("miss", 30) < 50 and goodness("miss", 60) == 0  # never green
+    assert goodness("overkill", 10) == 80 and goodness("unanswered_rate", 50) == 0
+    assert goodness("balanced_accuracy", 50) == 0 and goodness("balanced_accuracy", 95) == 90  # chance is red
+    assert goodness("auroc", 50) == 0 and goodness("type_accuracy", 70) == 70
+
+
+def test_location_type_coverage_confusion_and_wrong_finds(tmp_path, capsys):
+    """Location and type accuracy in the terminal (80 columns), the heatmap and the HTML; AUROC with the share of
+    images that had a P(yes); a confusion matrix per dataset; defects found at the wrong place or of the wrong type
+    in the gallery."""
+    from rich.console import Console
+
+    from iadr1.eval.pipeline import evaluate
+    from iadr1.eval.report import rich_table, write_all
+
+    labels = {f"MVTec-AD/cap/test/crack/{i}.png": True for i in range(4)}
+    labels |= {f"MVTec-AD/cap/test/good/{i}.png": False for i in range(4)}
+    truth = {"location": "top left", "type": "crack"}
+    test = write_test_file(tmp_path / "test_MVTec-AD_format.json", labels, **{k: truth for k in labels if "crack" in k})
+    wrong_place = "<think>x</think><location>center</location><type>crack</type><answer>Yes</answer>"
+    wrong_type = "<think>x</think><location>top left</location><type>dent</type><answer>Yes</answer>"
+    right = "<think>x</think><location>top left</location><type>crack</type><answer>Yes</answer>"
+    rows = [ours(f"MVTec-AD/cap/test/crack/{i}.png", "A", raw, p_yes=0.9) for i, raw in
+            enumerate([right, wrong_place, wrong_type, right])]  # fmt: skip
+    rows += [ours(f"MVTec-AD/cap/test/good/{i}.png", "B", p_yes=0.2 if i < 2 else None) for i in range(3)]
+    pred = write_jsonl(tmp_path / "p.jsonl", rows)  # good/3: no prediction
+    result = evaluate([test], [pred], n_boot=0)
+    ds = result.datasets["MVTec-AD"]
+    assert ds["location_accuracy"] == 75.0 and ds["type_accuracy"] == 75.0
+    assert ds["p_yes_coverage"] == pytest.approx(6 / 8 * 100)
+    console = Console(width=80, record=True)
+    console.print(rich_table(result))
+    text = console.export_text()
+    assert max(map(len, text.splitlines())) <= 80
+    assert "type" in text and "loc." in text and "75.0" in text and "(75%)" in text and "had a P(yes)" in text
+    paths = write_all(result, tmp_path / "out")
+    page = paths["html"].read_text()
+    assert "(75% scored)" in page and page.index("type acc.") < page.index("accuracy</th>")  # left, never cut off
+    conf = re.search(r'<table class="confusion" data-dataset="MVTec-AD">(.*?)</table>', page, re.S).group(1)
+    assert re.findall(r"<td>(\d+)</td>", conf) == ["4", "0", "0", "0", "3", "1"]
+    cards = dict(re.findall(r'<figure class="card"[^>]*data-kind="(\w+)">.*?<div class="path">([^<]+)</div>', page))
+    assert cards["misplaced"] == "MVTec-AD/cap/test/crack/1.png"
+    assert cards["misnamed"] == "MVTec-AD/cap/test/crack/2.png"
+    assert "location: center (truth top left)" in page and "type: dent (truth crack)" in page

@@ -1,4 +1,4 @@
-"""The package's shape: imports point one way, down the stages (data -> train -> infer -> eval -> demo -> cli)."""
+"""The package's shape: imports point one way, down the stages (data -> train -> infer -> eval -> demo, app -> cli)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import iadr1
 PACKAGE = Path(iadr1.__file__).parent
 # Lower rank = earlier stage. A module may import its own rank or lower, never a later stage (shared leaves: 0).
 # `config` reads files through `data.io`, so it sits on the data layer.
-RANK = {"data": 1, "config": 1, "train": 2, "infer": 3, "eval": 4, "demo": 5, "cli": 6, "__main__": 7}
+RANK = {"data": 1, "config": 1, "train": 2, "infer": 3, "eval": 4, "demo": 5, "app": 5, "cli": 6, "__main__": 7}
 
 
 def _rank(module: str) -> int:

@@ -100,11 +100,15 @@ def test_one_shot_with_a_reference_and_settings_refused(stub, folder, tmp_path):
 def test_cli_predict_with_a_tiny_model(tiny_model, folder, tmp_path, capsys):
     out = tmp_path / "cli"
     main(["predict", str(folder / "a"), str(folder / "good_3.bmp"), "--model", str(tiny_model("qwen2_vl")),
-          "--out", str(out), "--max-new-tokens", "4", "--device", "cpu"])  # fmt: skip
+          "--out", str(out), "--max-new-tokens", "4", "--device", "cpu", "--threshold", "0.5"])  # fmt: skip
     printed = capsys.readouterr().out
     assert "iadr1 predict: 3 images" in printed and "gallery:" in printed
+    assert "at 0.5" in printed and "P(defect)" in printed
     recs = lines(out / "predictions.jsonl")
     assert len(recs) == 3 and all(r["error"] is None and r["raw"] is not None for r in recs)
+    # A random tiny model writes no tags: no decision position, so no score and no call at T.
+    assert all(r["threshold"] == 0.5 and r["p_defect"] is None and r["decision"] is None for r in recs)
+    assert "no score" in printed
     assert (out / "gallery.html").is_file()
     with pytest.raises(SystemExit):
         main(["predict", str(tmp_path / "nope"), "--model", str(tiny_model("qwen2_vl")), "--out", str(out)])
@@ -118,3 +122,28 @@ def test_a_rerun_replaces_failed_lines_even_when_all_failed(stub, folder, tmp_pa
         s = run_predict(cfg(stub, out), [broken], gallery=False)
         assert s.errors == 1
         assert len(lines(out / "predictions.jsonl")) == 1, "the failed line is replaced, not repeated"
+
+
+def test_threshold_calls_each_image_on_the_decision_score(stub, folder, tmp_path, capsys):
+    """`--threshold`: the call at T on P(defect) (read at the fork after </think>) beside the bare answer."""
+    import math
+
+    def reply(p_defect: float) -> dict:
+        text = "<think>faint</think><answer>No</answer>"
+        steps = [("<think>", [("<think>", -0.01)]), ("faint", [("faint", -0.01)]), ("</think>", [("</think>", -0.01)]),
+                 ("<answer>", [("<answer>", math.log(1 - p_defect)), ("<location>", math.log(p_defect))]),
+                 ("No", [("No", -0.01)]), ("</answer>", [("</answer>", -0.01)])]  # fmt: skip
+        return {"reply": text, "logprobs": steps}
+
+    stub.script.extend([reply(0.7), reply(0.2)])
+    out = tmp_path / "t"
+    icfg = cfg(stub, out).model_copy(update={"threshold": 0.5, "logprobs": True})
+    run_predict(icfg, [folder / "a"])
+    recs = {Path(r["image"]).name: r for r in lines(out / "predictions.jsonl")}
+    first, second = recs["bad_1.png"], recs["good_1.png"]
+    assert first["answer"] == "no" and first["p_defect"] == pytest.approx(0.7) and first["decision"] == "yes"
+    assert second["p_defect"] == pytest.approx(0.2) and second["decision"] == "no" and second["threshold"] == 0.5
+    page = (out / "gallery.html").read_text()
+    assert "P(defect) 0.700" in page and "at 0.5: defective" in page and "at 0.5: normal" in page
+    with pytest.raises(ConfigError, match="threshold"):
+        run_predict(cfg(stub, out).model_copy(update={"logprobs": True}), [folder / "a"])  # a run without T

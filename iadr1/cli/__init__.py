@@ -19,6 +19,7 @@ from iadr1.cli import infer as _infer
 from iadr1.cli import predict as _predict
 from iadr1.cli import serve as _serve
 from iadr1.cli import train as _train
+from iadr1.cli import webapp as _webapp
 from iadr1.errors import IADR1Error
 
 app = typer.Typer(
@@ -62,6 +63,7 @@ app.command("merge")(_train.merge)
 app.command("infer")(_infer.infer)
 app.command("predict")(_predict.predict)
 app.command("serve")(_serve.serve)
+app.command("app")(_webapp.app)
 app.add_typer(_eval.app, name="eval")
 app.command("demo")(_demo.demo)
 
@@ -69,11 +71,12 @@ app.command("demo")(_demo.demo)
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print as one red line and exit 1, never as a traceback."""
     from rich.console import Console
+    from rich.markup import escape
 
     try:
         app(args=argv, standalone_mode=False)
-    except IADR1Error as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    except IADR1Error as e:  # the message is text, never markup: `pip install 'iadr1[app]'` keeps its brackets
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except typer.Exit as e:
         sys.exit(e.exit_code)

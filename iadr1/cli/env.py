@@ -12,7 +12,8 @@ def collect() -> dict[str, str]:
     from iadr1 import __version__
 
     info = {"iadr1": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("torch", "torchvision", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed"):
+    for pkg in ("torch", "torchvision", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed",
+                "pillow", "gradio"):  # fmt: skip
         try:
             info[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

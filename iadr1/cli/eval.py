@@ -15,7 +15,9 @@ from iadr1.errors import ConfigError
 
 # Options that take several values: `--predictions a.jsonl b.jsonl` is read as `--predictions a.jsonl
 # --predictions b.jsonl` (click options take one value per flag; shells expand `shard_*.jsonl` into a list).
-_MULTI = frozenset({"--test-file", "-t", "--predictions", "-p", "--annotations"})
+_MULTI = frozenset(
+    {"--test-file", "-t", "--predictions", "-p", "--annotations", "--calibrate-on", "--calibrate-test-file"}
+)
 
 
 def expand_multi_values(args: list[str], commands: set[str] | frozenset[str] = frozenset()) -> list[str]:
@@ -83,6 +85,17 @@ class EvalOptions(BaseModel):
     name: str | None = Field(None, description="Run name (shown in the report and by `eval compare`).")
     gallery_max: int = Field(300, ge=0, description="Most misjudged images shown in report.html.")
     plots: bool = Field(True, description="Write the heatmap and per-class PNGs.")
+    target_miss: list[float] = Field(
+        [],
+        description="An operating point: the decision-score threshold at which at most this share of defects is "
+        "missed (a fraction, e.g. 0.01), and the Overkill there, per dataset and overall. Repeatable.",
+    )
+    calibrate_on: list[Path] = Field(
+        [], description="Predictions of a validation set: choose the --target-miss thresholds there."
+    )
+    calibrate_test_file: list[Path] = Field(
+        [], description="Test file(s) labelling --calibrate-on (default: --test-file)."
+    )
 
 
 @app.callback()
@@ -118,6 +131,11 @@ def eval_(
     name: str = typer.Option(None, "--name", help=field_help(EvalOptions, "name")),
     gallery_max: int = typer.Option(300, "--gallery-max", help=field_help(EvalOptions, "gallery_max")),
     plots: bool = typer.Option(True, "--plots/--no-plots", help=field_help(EvalOptions, "plots")),
+    target_miss: list[float] = typer.Option(None, "--target-miss", help=field_help(EvalOptions, "target_miss")),
+    calibrate_on: list[Path] = typer.Option(None, "--calibrate-on", help=field_help(EvalOptions, "calibrate_on")),
+    calibrate_test_file: list[Path] = typer.Option(
+        None, "--calibrate-test-file", help=field_help(EvalOptions, "calibrate_test_file")
+    ),
 ) -> None:
     """Score predictions: balanced accuracy, Overkill and Miss (as the paper) and more, per dataset and class.
 
@@ -142,11 +160,18 @@ def eval_(
             name=name,
             gallery_max=gallery_max,
             plots=plots,
+            target_miss=target_miss or [],
+            calibrate_on=calibrate_on or [],
+            calibrate_test_file=calibrate_test_file or [],
         )
     except ValidationError as e:
         raise option_error(e, {"test_files": "--test-file", "compat": "--compat-labels"}) from None
     if out is None:
         raise ConfigError("--out DIR is required")
+    if (opts.calibrate_on or opts.calibrate_test_file) and not opts.target_miss:
+        raise ConfigError("--calibrate-on chooses the --target-miss thresholds: give --target-miss too")
+    if opts.calibrate_test_file and not opts.calibrate_on:
+        raise ConfigError("--calibrate-test-file labels --calibrate-on predictions: give --calibrate-on too")
     _run(opts)
 
 
@@ -154,7 +179,7 @@ def _run(opts: EvalOptions) -> None:
     from rich.console import Console
 
     from iadr1.eval.pipeline import evaluate
-    from iadr1.eval.report import rich_table, species_table, write_all
+    from iadr1.eval.report import mmad_table, operating_table, rich_table, species_table, write_all
 
     console = Console()
     t0 = time.perf_counter()
@@ -166,6 +191,9 @@ def _run(opts: EvalOptions) -> None:
         n_boot=opts.bootstrap,
         seed=opts.seed,
         name=opts.name,
+        target_miss=opts.target_miss,
+        calibrate_on=opts.calibrate_on,
+        calibrate_test_files=opts.calibrate_test_file,
     )
     paths = write_all(result, opts.out, image_root=opts.image_root, gallery_max=opts.gallery_max, plots=opts.plots)
     from rich.markup import escape
@@ -174,6 +202,10 @@ def _run(opts: EvalOptions) -> None:
     species = species_table(result)
     if species is not None:
         console.print(species)
+    if result.operating is not None:
+        console.print(operating_table(result))
+    if result.mmad is not None:
+        console.print(mmad_table(result))
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     for warning in result.warnings:
@@ -192,16 +224,27 @@ def compare_cmd(
     names: list[str] = typer.Option(None, "--name", help="Run names, one per folder, in order."),
     out: Path = typer.Option(Path("."), "--out", "--output-dir", "-o", help="Folder for compare.md and compare.csv."),
     digits: int = typer.Option(1, "--digits", help="Decimals in the table and the markdown."),
+    baseline: str = typer.Option(
+        None,
+        "--baseline",
+        metavar="NAME_OR_INDEX",
+        help="Also show each run's balanced accuracy and AUROC beside its change against this run (a run name, "
+        "a folder, or an index, 0 the first); shown on its own, against the first folder, when some run's images "
+        "were perturbed (iadr1 infer --perturb).",
+    ),
 ) -> None:
-    """Print runs x datasets (+ Average) as in the paper; write it as compare.md and compare.csv."""
+    """Print runs x datasets (+ Average) as in the paper; write it as compare.md and compare.csv. With a baseline
+    (or perturbed runs), also each run's balanced accuracy and AUROC and their change against the baseline."""
     from rich.console import Console
 
     from iadr1.data.io import atomic_write_text
-    from iadr1.eval.compare import compare, rich_table, to_csv, to_markdown
+    from iadr1.eval.compare import compare, rich_delta_table, rich_table, to_csv, to_markdown
 
-    table = compare(list(folders), metric=metric, names=names or None)
+    table = compare(list(folders), metric=metric, names=names or None, baseline=baseline)
     console = Console()
     console.print(rich_table(table, digits))
+    if table.delta:
+        console.print(rich_delta_table(table, digits))
     md = atomic_write_text(out / "compare.md", to_markdown(table, digits))
     csv = atomic_write_text(out / "compare.csv", to_csv(table))
     console.print(f"wrote {md}, {csv}", highlight=False, soft_wrap=True)

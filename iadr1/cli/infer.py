@@ -48,11 +48,14 @@ _OPTIONS: list[Opt] = [
             ("concurrency", int),
             ("retries", int),
             ("max_side", int),
+            ("threshold", float),
+            ("task", str),
         ]
     ),  # fmt: skip
     Opt("logprobs", ("--logprobs/--no-logprobs",), bool),
     Opt("enforce_eager", ("--enforce-eager/--no-enforce-eager",), bool),
     Opt("timeout_s", ("--timeout",), float),
+    Opt("perturb", ("--perturb",), list[str]),
     Opt(
         "overwrite",
         ("--overwrite",),

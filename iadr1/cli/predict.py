@@ -35,6 +35,8 @@ def predict(
     base_url: str | None = typer.Option(None, "--base-url", help=_help("base_url")),
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help=_help("api_key_env")),
     concurrency: int = typer.Option(8, "--concurrency", help=_help("concurrency")),
+    threshold: float | None = typer.Option(None, "--threshold", help=_help("threshold")),
+    perturb: list[str] | None = typer.Option(None, "--perturb", help=_help("perturb"), metavar="NAME[:ARGS]"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over: remove this folder's predictions first."),
     gallery: bool = typer.Option(True, "--gallery/--no-gallery", help="Write gallery.html."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -55,7 +57,7 @@ def predict(
             model=model, test_file=out / "predictions.jsonl", image_root=out, out=out, backend=backend,
             prompt_style=prompt_style, max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size,
             device=device, dtype=dtype, max_pixels=max_pixels, base_url=base_url, api_key_env=api_key_env,
-            concurrency=concurrency,
+            concurrency=concurrency, threshold=threshold, perturb=perturb or [],
         )  # fmt: skip
     except ValidationError as e:
         raise option_error(e) from None
@@ -68,8 +70,11 @@ def predict(
         )  # fmt: skip
     console = Console(highlight=False)
     table = Table(title=f"iadr1 predict: {summary.images} images ({summary.skipped} already answered)")
-    for col in ("image", "answer", "P(yes)", "location", "type"):
-        table.add_column(col, justify="right" if col == "P(yes)" else "left", overflow="fold")
+    columns = ["image", "answer", "P(defect)", "P(yes)", "location", "type"]
+    if threshold is not None:
+        columns.insert(2, f"at {threshold:g}")
+    for col in columns:
+        table.add_column(col, justify="right" if col.startswith("P(") else "left", overflow="fold")
     rows = sorted(summary.rows, key=display_order)
     for r in rows[:_SHOWN]:
         answer = (
@@ -77,9 +82,10 @@ def predict(
             if r.get("error")
             else {"yes": "[red]defect[/]", "no": "[green]normal[/]"}.get(r.get("answer"), "[yellow]none[/]")
         )
-        p = r.get("p_yes")
-        table.add_row(str(r.get("image")), answer, "" if p is None else f"{p:.3f}", r.get("location") or "",
-                      r.get("type") or "")  # fmt: skip
+        called = {"yes": "[red]defect[/]", "no": "[green]normal[/]"}.get(r.get("decision"), "[yellow]no score[/]")
+        probs = ["" if r.get(k) is None else f"{r[k]:.3f}" for k in ("p_defect", "p_yes")]
+        cells = [str(r.get("image")), answer, *([called] if threshold is not None else []), *probs]
+        table.add_row(*cells, r.get("location") or "", r.get("type") or "")
     console.print(table)
     if len(rows) > _SHOWN:
         console.print(f"... and {len(rows) - _SHOWN} more in {summary.predictions}")

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from iadr1.data.io import iter_records, read_json
 from iadr1.data.keys import dataset_and_class
@@ -22,6 +22,8 @@ OPTIONS = {"A": "Yes.", "B": "No."}
 ANOMALY_LETTER = "A"
 NORMAL_LETTER = "B"
 UNANSWERED_LETTER = "E"
+DETECTION_TYPE = "Anomaly Detection"  # the question type IAD-R1 scores (the only one of its test files)
+Choice = Literal["A", "B", "C", "D", "E"]  # an option letter of an MMAD question (docs/eval.md, "MMAD")
 
 
 class _Record(BaseModel):
@@ -49,10 +51,13 @@ class MetaEntry(_Record):
 
 # --- test file (MMAD style) ------------------------------------------------------------------------------------------
 class Conversation(_Record):
+    """One question about the image. IAD-R1's files hold one, the anomaly-detection question (A yes, B no);
+    MMAD's hold several (`type`: defect classification, localization, ...) with options A to E."""
+
     Question: str = QUESTION
-    Answer: Literal["A", "B"]
+    Answer: Choice
     Options: dict[str, str] = Field(default_factory=lambda: dict(OPTIONS))
-    type: str = "Anomaly Detection"
+    type: str = DETECTION_TYPE
 
 
 class TestEntry(_Record):
@@ -66,8 +71,22 @@ class TestEntry(_Record):
     random_templates: list[str] = Field(default_factory=list)
 
     @property
+    def detection_index(self) -> int:
+        """The index of the anomaly-detection question: the first of that type, else the first question."""
+        return next((i for i, q in enumerate(self.conversation) if q.type == DETECTION_TYPE), 0)
+
+    @property
     def is_anomalous(self) -> bool:
-        return self.conversation[0].Answer == ANOMALY_LETTER
+        return self.conversation[self.detection_index].Answer == ANOMALY_LETTER
+
+    @model_validator(mode="after")
+    def _detection_is_yes_or_no(self) -> TestEntry:
+        if self.conversation:
+            i = self.detection_index
+            got = self.conversation[i].Answer
+            if got not in (ANOMALY_LETTER, NORMAL_LETTER):
+                raise ValueError(f"conversation.{i}.Answer: the anomaly-detection answer is A or B, got {got!r}")
+        return self
 
     @property
     def dataset(self) -> str:
@@ -111,12 +130,26 @@ class Prediction(_Record):
     shots: int = 0
     raw: str | None = None
     answer: Literal["yes", "no"] | None = None
-    letter: Literal["A", "B", "E"] = UNANSWERED_LETTER
+    letter: Literal["A", "B", "E"] | None = UNANSWERED_LETTER  # None on MMAD lines of other question types
     # Python's json reads NaN: refused, not taken for absent. Strict: a string or a bool is no probability (eval's
     # rule, and the twin of `iadr1.eval.decoders.PlainPrediction`, which takes numbers only).
     p_yes: float | None = Field(None, allow_inf_nan=False, strict=True)
+    # MMAD lines (`iadr1 infer --task mmad`, 0.3): one line per (image, question); `choice` is the option letter the
+    # reply gave (None: unparsable). `answer`/`letter` are set on the anomaly-detection question's line only.
+    question_index: int | None = Field(None, ge=0)
+    question_type: str | None = None
+    choice: Choice | None = None
+    # Added in 0.3 (older files read as before, without them): the decision score, P(defect) where the reply
+    # decides (docs/deploy.md, "An operating point"), and, when a threshold was given, the call at that threshold
+    # beside the bare `answer`.
+    p_defect: float | None = Field(None, allow_inf_nan=False, strict=True)
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    decision: Literal["yes", "no"] | None = None
     latency_s: float | None = None
     error: str | None = None
+    # Added with `--perturb` (iadr1.data.perturb): the canonical specs applied to the images, in order. Written only
+    # by perturbed runs (a clean run's lines carry no such key; absent or None reads as clean).
+    perturb: list[str] | None = None
 
 
 class OriginalQuestion(_Record):

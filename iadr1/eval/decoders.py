@@ -48,10 +48,12 @@ class Entry(msgspec.Struct, gc=False):
 
 class AnyQuestion(msgspec.Struct, gc=False):
     Answer: Any = None
+    type: Any = None  # MMAD's files hold several question types: the label is the anomaly-detection one's
 
 
 class AnyEntry(msgspec.Struct, gc=False):
-    """A test-file record as it is, judged by `iadr1.eval.load` (only the first question's answer is read)."""
+    """A test-file record as it is, judged by `iadr1.eval.load` (only the anomaly-detection question's answer is
+    read: the first question of that type, else the first question)."""
 
     conversation: tuple[AnyQuestion, ...]
     location: Any = None  # optional ground truth carried by the test file
@@ -85,6 +87,7 @@ class AnyPrediction(msgspec.Struct, gc=False):
     answer: Any = None
     raw: Any = None
     p_yes: Any = None
+    p_defect: Any = None
     error: Any = None
     gpt_answer: Any = None  # the original's format
     correct_answer: Any = None
@@ -101,6 +104,7 @@ class PlainPrediction(msgspec.Struct, gc=False):
     letter: Literal["A", "B", "E"]
     raw: str | None = None
     p_yes: float | int | None = None
+    p_defect: float | int | None = None
     error: str | None = None  # kept: unreadable images are common enough not to leave the fast path
     gpt_answer: None = None
     correct_answer: None = None

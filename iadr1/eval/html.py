@@ -24,10 +24,13 @@ ERROR_KINDS = {
     "overkill": "normal image answered defective",
     "miss": "defective image answered normal",
     "unanswered": "no usable answer (or no prediction)",
+    "misplaced": "defect found, at the wrong location",
+    "misnamed": "defect found, of the wrong type (location right or not judged)",
 }
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
+.scroll{overflow-x:auto;max-width:100%}.confusions{display:flex;flex-wrap:wrap;gap:18px}
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:right;white-space:nowrap}th{background:#f3f3f3}
@@ -42,6 +45,7 @@ img.plot{max-width:100%;border:1px solid #eee;margin:6px 0}
   color:#777;margin:0 auto 6px;border-radius:4px}
 .kind{display:inline-block;padding:1px 6px;border-radius:8px;color:#fff;font-size:11px}
 .kind.overkill{background:#d9822b}.kind.miss{background:#c23030}.kind.unanswered{background:#5c7080}
+.kind.misplaced{background:#8f398f}.kind.misnamed{background:#2b6cb0}
 .path{word-break:break-all;color:#333}.reasoning{color:#444;margin-top:4px;white-space:pre-wrap;
   max-height:160px;overflow:auto}
 """
@@ -73,6 +77,8 @@ _COLUMNS = (
     ("ci95", "95% CI", 1),
     ("overkill", "overkill", 2),
     ("miss", "miss", 2),
+    ("type_accuracy", "type acc.", 2),
+    ("location_accuracy", "location acc.", 2),
     ("accuracy", "accuracy", 2),
     ("precision", "precision", 2),
     ("recall", "recall", 2),
@@ -81,8 +87,6 @@ _COLUMNS = (
     ("consistency_rate", "consistency", 2),
     ("auroc", "AUROC", 2),
     ("aupr", "AUPR", 2),
-    ("type_accuracy", "type acc.", 2),
-    ("location_accuracy", "location acc.", 2),
 )
 
 
@@ -93,7 +97,13 @@ def _cell(d: dict[str, Any], key: str, digits: int) -> str:
     v = d.get(key)
     if v is None:
         return "&ndash;"
-    return str(v) if digits == 0 else f"{v:.{digits}f}"
+    text = str(v) if digits == 0 else f"{v:.{digits}f}"
+    from iadr1.eval.report import partial_coverage
+
+    cover = partial_coverage(d)
+    if key in ("auroc", "aupr") and cover is not None:
+        text += f" ({cover:.0f}% scored)"  # ranked over the images that had a P(yes) only
+    return text
 
 
 def _table(rows: list[tuple[list[str], dict[str, Any], str]], first_cols: list[str], table_id: str) -> str:
@@ -104,7 +114,28 @@ def _table(rows: list[tuple[list[str], dict[str, Any], str]], first_cols: list[s
         cells = "".join(f'<td class="name">{html.escape(n)}</td>' for n in names)
         cells += "".join(f"<td>{_cell(d, k, digits)}</td>" for k, _, digits in _COLUMNS)
         body.append(f'<tr class="{cls}">{cells}</tr>')
-    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (
+        f'<div class="scroll"><table id="{table_id}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _confusions(result: EvalResult) -> str:
+    """One confusion matrix per dataset: truth (defective, normal) against the answer (yes, no, none)."""
+    blocks = []
+    for name, d in result.datasets.items():
+        c = d["confusion"]
+        rows = "".join(
+            f'<tr><td class="name">{label}</td><td>{c[truth]["yes"]}</td><td>{c[truth]["no"]}</td>'
+            f"<td>{c[truth]['unanswered']}</td></tr>"
+            for truth, label in (("anomalous", "defective"), ("normal", "normal"))
+        )
+        blocks.append(
+            f'<div><b>{html.escape(name)}</b><table class="confusion" data-dataset="{html.escape(name)}">'
+            "<thead><tr><th>truth \\ answer</th><th>yes</th><th>no</th><th>none</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></div>"
+        )
+    return f'<div class="confusions">{"".join(blocks)}</div>'
 
 
 _SPECIE_COLUMNS = (
@@ -125,7 +156,77 @@ def _species_table(result: EvalResult) -> str:
             cells = f'<td class="name">{html.escape(ds)}</td><td class="name">{html.escape(sp)}</td>'
             cells += "".join(f"<td>{_cell(row, k, digits)}</td>" for k, _, digits in _SPECIE_COLUMNS)
             body.append(f"<tr>{cells}</tr>")
-    return f'<table id="species"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (
+        f'<div class="scroll"><table id="species"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _operating_section(result: EvalResult) -> str:
+    """The --target-miss operating points (`iadr1.eval.threshold`): threshold, Miss and Overkill per dataset and
+    for all images, with 95% intervals and where the threshold was chosen."""
+    op = result.operating
+    if op is None:
+        return ""
+    from iadr1.eval.report import _score_name
+
+    def val(p: dict[str, Any], key: str, digits: int) -> str:
+        v = p.get(key)
+        if v is None:
+            return "unreachable" if key == "threshold" and not p["reachable"] else "&ndash;"
+        lo_hi = (p.get("ci95") or {}).get(key)
+        ci = f" ({lo_hi[0]:.{digits}f}&ndash;{lo_hi[1]:.{digits}f})" if lo_hi and None not in lo_hi else ""
+        return f"{v:.{digits}f}{ci}"
+
+    body = []
+    for name, points in [*op["datasets"].items(), ("all images", op["overall"])]:
+        for p in points:
+            cls = ' class="avg"' if name == "all images" else ""
+            body.append(
+                f'<tr{cls}><td class="name">{html.escape(name)}</td><td>{p["target_miss"] * 100:g}</td>'
+                f"<td>{val(p, 'threshold', 3)}</td><td>{val(p, 'miss', 2)}</td><td>{val(p, 'overkill', 2)}</td>"
+                f"<td>{p['n_without_score']}</td></tr>"
+            )
+    chosen = next((p["chosen_on"] for p in op["overall"]), "this data")
+    where = (
+        "chosen on the calibration set (" + ", ".join(html.escape(Path(f).name) for f in result.run["calibrate_on"])
+        + ") and reported here"
+        if chosen == "calibration"
+        else "<b>chosen on the data it is reported on</b> (give a validation set with --calibrate-on for an "
+        "unbiased Overkill)"
+    )  # fmt: skip
+    src = op["score"]
+    head = "".join(f"<th>{c}</th>" for c in ("dataset", "target miss", "threshold T", "miss", "overkill", "no score"))
+    return (
+        f'<h2>Operating points</h2><p class="meta">An image is called defective when its decision score '
+        f"({_score_name(result)}; {src['p_defect']} images scored by P(defect), {src['p_yes']} by P(yes), "
+        f"{src['none']} without a score, which count wrong at every threshold) is at least T. T is the highest "
+        f"threshold that misses at most the target share of defects, {where}. 95% intervals from a stratified "
+        f'bootstrap.</p><table id="operating"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    )
+
+
+def _mmad_section(result: EvalResult) -> str:
+    """MMAD's accuracy per question type and dataset, both conventions, labelled."""
+    mmad = result.mmad
+    if mmad is None:
+        return ""
+    cols = [*mmad["types"], "average"]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["dataset", "rule", *mmad["types"], "average"])
+    body = []
+    for name, d in [*mmad["datasets"].items(), ("Average", mmad["average"])]:
+        for rule, label in (("iadr1", "iadr1"), ("mmad", "MMAD")):
+            cells = "".join(f"<td>{'&ndash;' if d[rule].get(c) is None else f'{d[rule][c]:.1f}'}</td>" for c in cols)
+            cls = ' class="avg"' if name == "Average" else ""
+            body.append(f'<tr{cls}><td class="name">{html.escape(name)}</td><td class="name">{label}</td>{cells}</tr>')
+    return (
+        '<h2>MMAD questions</h2><p class="meta">Accuracy (%) per question type (Anomaly Detection: balanced '
+        "accuracy), averaged over the types, then over datasets. <b>iadr1</b>: a question without a usable answer "
+        "(none, an error, a reply naming no option) counts wrong; <b>MMAD</b>: such answers are dropped, as MMAD's "
+        f"scorer does (comparable with its published figures). {mmad['n_answered']} of {mmad['n_questions']} "
+        f'questions answered.</p><div class="scroll"><table id="mmad"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def _thumbnail(image_root: str | os.PathLike | None, image: str) -> str | None:
@@ -147,10 +248,17 @@ def _thumbnail(image_root: str | os.PathLike | None, image: str) -> str | None:
 
 
 def misjudged(result: EvalResult) -> list[dict[str, Any]]:
-    """Every misjudged image: index, image, dataset, class, kind (overkill / miss / unanswered)."""
+    """Every misjudged image: index, image, dataset, class, kind (`ERROR_KINDS`): overkill, miss, unanswered, and
+    defects found at the wrong location (misplaced) or of the wrong type (misnamed; an image wrong in both is
+    misplaced, its card says both)."""
     gt, m = result.gt, result.matched
     code = m.letter_code
     kinds = np.full(len(gt), "", dtype=object)
+    found = (code == M.YES) & gt.anomalous
+    if len(result.type_ok):
+        kinds[found & (result.type_ok == 0)] = "misnamed"
+    if len(result.location_ok):
+        kinds[found & (result.location_ok == 0)] = "misplaced"
     kinds[(code == M.UNANSWERED)] = "unanswered"
     kinds[(code == M.YES) & ~gt.anomalous] = "overkill"
     kinds[(code == M.NO) & gt.anomalous] = "miss"
@@ -197,6 +305,15 @@ def _card(result: EvalResult, it: dict[str, Any], image_root: str | os.PathLike 
         reasoning = "(no reply text)"
     if len(reasoning) > REASONING_CHARS:
         reasoning = reasoning[:REASONING_CHARS] + "…"
+    found = ""
+    if it["kind"] in ("misplaced", "misnamed"):
+        reply = parse(raw) if raw else None
+        gt_loc, gt_type = result.gt.defects.get(i, (None, None))
+        said_loc, said_type = (reply.location, reply.type) if reply else (None, None)
+        found = (
+            f"<div>location: {html.escape(said_loc or '-')} (truth {html.escape(gt_loc or '-')}); "
+            f"type: {html.escape(said_type or '-')} (truth {html.escape(gt_type or '-')})</div>"
+        )
     uri = _thumbnail(image_root, it["image"])
     pic = (
         f'<img class="thumb" src="{uri}" alt="{html.escape(it["image"])}">'
@@ -207,7 +324,7 @@ def _card(result: EvalResult, it: dict[str, Any], image_root: str | os.PathLike 
     return (
         f'<figure class="card" data-dataset="{e(it["dataset"])}" data-class="{e(it["dataset"] + "/" + it["class"])}"'
         f' data-kind="{it["kind"]}">{pic}<figcaption><span class="kind {it["kind"]}">{it["kind"]}</span> '
-        f'truth: {truth}, answer: {said}<div class="path">{e(it["image"])}</div>'
+        f'truth: {truth}, answer: {said}{found}<div class="path">{e(it["image"])}</div>'
         f'<div class="reasoning">{e(reasoning)}</div></figcaption></figure>'
     )
 
@@ -270,8 +387,12 @@ def render_html(
 {f'<ul class="notes">{notes}</ul>' if notes else ""}
 <h2>Datasets</h2>
 {_table(ds_rows, ["dataset"], "datasets")}
+{_operating_section(result)}
+{_mmad_section(result)}
 <h2>Plots</h2>
 {plot_html or '<p class="meta">plots not written</p>'}
+<h2>Confusion matrices</h2>
+{_confusions(result)}
 <h2>Classes</h2>
 {_table(cls_rows, ["dataset", "class"], "classes")}
 <h2>Defect types</h2>

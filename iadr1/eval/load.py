@@ -31,6 +31,7 @@ from iadr1.data.annotations import load_defects
 from iadr1.data.io import gc_paused, iter_records, read_json
 from iadr1.data.keys import NORMAL_SPECIE, KeyIndex, dataset_and_class, specie_of
 from iadr1.data.schemas import (
+    DETECTION_TYPE,
     OriginalAnswer,
     Prediction,
     TestEntry,
@@ -140,6 +141,14 @@ def _groups(
     return folder_ds[codes], folder_cls[codes], list(datasets), list(classes), specie_idx, list(species)
 
 
+def _detection_answer(conversation: Sequence[Any]) -> Any:
+    """The answer of the anomaly-detection question: the first of that type, else the first question's."""
+    for q in conversation:
+        if q.type == DETECTION_TYPE:
+            return q.Answer
+    return conversation[0].Answer if conversation else None
+
+
 def _read_test_file(path: Path) -> tuple[list[str], list[Any], dict[str, tuple[str | None, str | None]]]:
     """Keys, first-question answers and ground-truth (location, type) by image of one test file; the schema's
     one-line error if bad."""
@@ -156,10 +165,13 @@ def _read_test_file(path: Path) -> tuple[list[str], list[Any], dict[str, tuple[s
         raise DataError(f"{path}: the test file lists no images")
     keys = list(entries)
     values = list(entries.values())
-    try:
-        answers = list(map(attrgetter("Answer"), map(itemgetter(0), map(attrgetter("conversation"), values))))
-    except IndexError:
-        answers = [e.conversation[0].Answer if e.conversation else None for e in values]
+    if isinstance(values[0], AnyEntry):  # the general path: an MMAD file's label is its detection question's
+        answers = [_detection_answer(e.conversation) for e in values]
+    else:
+        try:
+            answers = list(map(attrgetter("Answer"), map(itemgetter(0), map(attrgetter("conversation"), values))))
+        except IndexError:
+            answers = [e.conversation[0].Answer if e.conversation else None for e in values]
     if answers.count("A") + answers.count("B") < len(answers):  # compared, not hashed: an answer may be anything
         bad = next(k for k, a in zip(keys, answers, strict=True) if a not in ("A", "B"))
         # Unknown label: the schema names the record and the field.
@@ -355,6 +367,7 @@ class Predictions:
     n_error: int = 0  # records with an `error` field (unreadable image at inference): scored unanswered
     n_skipped: int = 0  # original records of another question type
     correct_answers: list[str | None] = field(default_factory=list)  # the original's labels, cross-checked
+    p_defect: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float, NaN where absent (files before 0.3)
 
 
 # A key repeated inside one prediction record is not looked for: the msgspec decoders keep the last value and cannot
@@ -442,6 +455,7 @@ def load_predictions(files: Sequence[str | os.PathLike]) -> Predictions:
     images: list[str] = []
     letters: list[str] = []
     p_yes: list[Any] = []
+    p_defect: list[Any] = []
     raws: list[Any] = []
     correct: list[Any] = []
     file_idx: list[np.ndarray] = []
@@ -457,6 +471,7 @@ def load_predictions(files: Sequence[str | os.PathLike]) -> Predictions:
                 letters.extend(map(attrgetter("letter"), fast))
                 raws.extend(map(attrgetter("raw"), fast))
                 p_yes.extend(map(attrgetter("p_yes"), fast))
+                p_defect.extend(map(attrgetter("p_defect"), fast))
                 correct.extend(itertools.repeat(None, len(fast)))
                 errors = list(map(attrgetter("error"), fast))
                 if errors.count(None) < len(errors):  # unreadable images: unanswered, as `_record_letter` rules
@@ -492,6 +507,7 @@ def load_predictions(files: Sequence[str | os.PathLike]) -> Predictions:
             letters.extend(f_letters)
             raws.extend(f_raws)
             p_yes.extend(map(attrgetter("p_yes"), recs))
+            p_defect.extend(map(attrgetter("p_defect"), recs))
             correct.extend(map(attrgetter("correct_answer"), recs))
         file_idx.append(np.full(len(recs), fi, np.int32))
     fidx = np.concatenate(file_idx) if file_idx else np.zeros(0, np.int32)
@@ -499,6 +515,7 @@ def load_predictions(files: Sequence[str | os.PathLike]) -> Predictions:
         images=images,
         letters=letters,
         p_yes=_p_yes_array(p_yes, files, fidx, typed=n_general == 0),
+        p_defect=_p_yes_array(p_defect, files, fidx, typed=n_general == 0, name="p_defect"),
         raws=raws,
         file_idx=fidx,
         files=[str(f) for f in files],
@@ -512,10 +529,15 @@ def _record_key(path: Path, i: int) -> str:
     return f"record {i + 1}" if path.suffix == ".jsonl" else str(i)
 
 
-def _p_yes_array(p_yes: list[Any], files: Sequence[Any], file_idx: np.ndarray, typed: bool = False) -> np.ndarray:
-    """`p_yes` as floats (NaN where absent); a value that is no probability (NaN included) is an error naming the
-    record. `typed`: every value is known to be a float, an int or None, as msgspec decoded it (msgspec refuses
-    the NaN token, so only the general path, which reads with Python's json, can meet one)."""
+def _p_yes_array(
+    p_yes: list[Any], files: Sequence[Any], file_idx: np.ndarray, typed: bool = False, name: str = "p_yes"
+) -> np.ndarray:
+    """`p_yes` (or the field `name`, `p_defect`, read the same way) as floats (NaN where absent); a value that is no
+    probability (NaN included) is an error naming the record. `typed`: every value is known to be a float, an int
+    or None, as msgspec decoded it (msgspec refuses the NaN token, so only the general path, which reads with
+    Python's json, can meet one)."""
+    if p_yes.count(None) == len(p_yes):  # absent everywhere (p_defect of files before 0.3): 1 ms, not 70
+        return np.full(len(p_yes), np.nan)
     kinds = {float} if typed else set(map(type, p_yes))
     bad_type = kinds - {float, int, type(None)}
     arr = np.full(len(p_yes), np.nan) if kinds <= {type(None)} or bad_type else np.array(p_yes, dtype=float)
@@ -529,7 +551,7 @@ def _p_yes_array(p_yes: list[Any], files: Sequence[Any], file_idx: np.ndarray, t
         fi = int(file_idx[i])
         start = int(np.searchsorted(file_idx, fi, side="left"))
         raise DataError(
-            f"{files[fi]}: record {i - start + 1}: field 'p_yes': {p_yes[i]!r} is not a probability in [0, 1]"
+            f"{files[fi]}: record {i - start + 1}: field {name!r}: {p_yes[i]!r} is not a probability in [0, 1]"
         )
     return arr
 
@@ -551,6 +573,15 @@ class Matched:
     n_error: int
     n_skipped: int
     n_label_disagreements: int  # original records whose `correct_answer` differs from the test file's label
+    p_defect: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float, NaN where unknown
+
+    @property
+    def score(self) -> np.ndarray:
+        """The decision score per test image (`iadr1.ranking.decision_score`): P(defect), else P(yes); NaN
+        without either."""
+        if not len(self.p_defect):
+            return self.p_yes
+        return np.where(np.isnan(self.p_defect), self.p_yes, self.p_defect)
 
     def raw(self, i: int) -> str | None:
         """The reply text for test image `i`, None without one (replies are not copied into test order)."""
@@ -617,6 +648,9 @@ def match(gt: GroundTruth, preds: Predictions) -> Matched:
     letter_code[sel] = _letter_codes(preds.letters)[src]
     p = np.full(n, np.nan)
     p[sel] = preds.p_yes[src]
+    pd = np.full(n, np.nan)
+    if len(preds.p_defect):
+        pd[sel] = preds.p_defect[src]
     has = np.zeros(n, bool)
     has[sel] = True
     pred_index = np.full(n, -1, np.int64)
@@ -630,6 +664,7 @@ def match(gt: GroundTruth, preds: Predictions) -> Matched:
     return Matched(
         letter_code=letter_code,
         p_yes=p,
+        p_defect=pd,
         pred_raws=preds.raws,
         has_prediction=has,
         pred_index=pred_index,

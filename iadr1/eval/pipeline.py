@@ -42,9 +42,19 @@ class EvalResult:
     type_ok: np.ndarray = field(default_factory=lambda: np.zeros(0))
     # Inputs that look like a mistake (annotations or predictions that name no test image): one line each.
     warnings: list[str] = field(default_factory=list)
+    # `iadr1.eval.threshold.operating_points` for the --target-miss values, plus `score` (where the decision
+    # score came from); None when no target was asked for.
+    operating: dict[str, Any] | None = None
+    # `iadr1.eval.mmad.mmad_metrics` when the predictions answer MMAD's other questions; else None.
+    mmad: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"datasets": self.datasets, "average": self.average, "run": self.run}
+        out = {"datasets": self.datasets, "average": self.average, "run": self.run}
+        if self.operating is not None:
+            out["operating_points"] = self.operating
+        if self.mmad is not None:
+            out["mmad"] = self.mmad
+        return out
 
 
 def _num(x: Any, digits: int | None = None) -> float | None:
@@ -88,7 +98,7 @@ def _type_location(gt: GroundTruth, matched: Matched) -> tuple[np.ndarray, np.nd
 def _group_dicts(
     conf: np.ndarray,
     cons: tuple[np.ndarray, np.ndarray],
-    auc: tuple[np.ndarray, np.ndarray],
+    auc: tuple[np.ndarray, np.ndarray, np.ndarray],
     tl: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     ci: dict[str, np.ndarray] | None,
 ) -> list[dict[str, Any]]:
@@ -107,6 +117,8 @@ def _group_dicts(
         d["consistency_rate"] = _num(cons_ok[g] / cons_n[g] * 100) if cons_n[g] else None
         d["auroc"] = _num(auc[0][g] * 100)
         d["aupr"] = _num(auc[1][g] * 100)
+        # AUROC and AUPR rank the images that have a P(yes) only: the share that had one, beside them.
+        d["p_yes_coverage"] = _num(auc[2][g] / d["n"] * 100) if d["n"] else None
         loc_ok, loc_n, typ_ok, typ_n = (a[g] for a in tl)
         d["location_accuracy"] = _num(loc_ok / loc_n * 100) if loc_n else None
         d["type_accuracy"] = _num(typ_ok / typ_n * 100) if typ_n else None
@@ -140,7 +152,10 @@ def _grouped(
         np.bincount(group[has_reply], weights=consistent[has_reply], minlength=n_groups),
         np.bincount(group[has_reply], minlength=n_groups),
     )
-    auc = M.grouped_auroc_aupr(group, n_groups, gt.anomalous, matched.p_yes, by_score)
+    auc = (
+        *M.grouped_auroc_aupr(group, n_groups, gt.anomalous, matched.p_yes, by_score),
+        np.bincount(group[~np.isnan(matched.p_yes)], minlength=n_groups),
+    )
     tl_parts = []
     for a in (loc, typ):
         judged = ~np.isnan(a)
@@ -223,18 +238,81 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     name: str | None = None,
+    target_miss: Sequence[float] = (),
+    calibrate_on: Sequence[str | os.PathLike] = (),
+    calibrate_test_files: Sequence[str | os.PathLike] = (),
 ) -> EvalResult:
     """Score predictions against test files: metrics per dataset, per class, and averaged over datasets.
 
     `compat` labels images by the original rule ("good" in the path means normal) instead of the test file's
     answers. `n_boot` bootstrap replicates (0: none) give 95% intervals, reproducible for a given `seed`.
+    `target_miss` (fractions): an operating point per target (`iadr1.eval.threshold`), its threshold chosen on
+    `calibrate_on` predictions when given (labelled by `calibrate_test_files`, default the test files: then only
+    the images those predictions name count), else on the predictions scored.
     """
     # Millions of records, no reference cycles: the cyclic collector would only rescan them (about 10% of the time
     # while reading; during the metrics, each full collection walks the lists of a million strings again).
     with gc_paused():
-        return _evaluate(
+        result = _evaluate(
             test_files, prediction_files, compat=compat, annotations=annotations, n_boot=n_boot, seed=seed, name=name
         )
+        if result.matched.n_skipped:  # records of MMAD's other question types
+            from iadr1.eval.mmad import mmad_metrics
+
+            result.mmad = mmad_metrics(test_files, prediction_files)
+            if result.mmad is not None:
+                skipped = f"{result.matched.n_skipped} record(s) of another question type than Anomaly Detection"
+                result.notes[:] = [
+                    f"{skipped}: scored by question type (MMAD)" if n.startswith(skipped) else n for n in result.notes
+                ]
+        if target_miss:
+            result.operating = _operating(
+                result, list(target_miss), calibrate_on, calibrate_test_files or test_files, compat, n_boot, seed
+            )
+            result.run["target_miss"] = list(target_miss)
+            result.run["calibrate_on"] = [str(f) for f in calibrate_on]
+            result.notes.extend(result.operating["notes"])
+        return result
+
+
+def _operating(
+    result: EvalResult,
+    targets: list[float],
+    calibrate_on: Sequence[str | os.PathLike],
+    calibrate_test_files: Sequence[str | os.PathLike],
+    compat: bool,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The operating points of `result` (`iadr1.eval.threshold.operating_points`), with where the score came from."""
+    from iadr1.errors import ConfigError
+    from iadr1.eval.threshold import operating_points, score_sources
+
+    bad = [m for m in targets if not 0 <= m < 1]
+    if bad:
+        raise ConfigError(f"--target-miss {bad[0]}: a fraction in [0, 1), e.g. 0.01 for at most 1% missed")
+    gt, m = result.gt, result.matched
+    calibration = None
+    if calibrate_on:
+        cal_gt = load_ground_truth(calibrate_test_files, compat=compat)
+        cal_m = match(cal_gt, load_predictions(calibrate_on))
+        keep = cal_m.has_prediction
+        if not keep.any():
+            raise ConfigError(
+                f"--calibrate-on {', '.join(map(str, calibrate_on))}: none of its predictions names an image of "
+                f"{', '.join(map(str, calibrate_test_files))} (give its own test file with --calibrate-test-file)"
+            )
+        calibration = (cal_gt.datasets, cal_gt.dataset_idx[keep], cal_gt.anomalous[keep], cal_m.score[keep])
+        if set(cal_gt.images[i] for i in np.flatnonzero(keep)) & set(gt.images):
+            result.warnings.append(
+                "the calibration predictions and the scored ones share images: the threshold is partly chosen on "
+                "the data it is reported on"
+            )
+    out = operating_points(
+        gt.datasets, gt.dataset_idx, gt.anomalous, m.score, targets, calibration=calibration, n_boot=n_boot, seed=seed
+    )
+    out["score"] = score_sources(m.p_defect, m.p_yes)
+    return out
 
 
 def _evaluate(
@@ -299,10 +377,12 @@ def _evaluate(
             f"{'path rule' if compat else 'test file'}; the {'path rule' if compat else 'test file'} is used"
         )
     warnings = _input_warnings(gt, matched, n_predictions)
+    perturb = _perturbations(prediction_files, notes, warnings)
     run = {
         "name": name,
         "test_files": [str(f) for f in test_files],
         "predictions": [str(f) for f in prediction_files],
+        "perturb": perturb,
         "annotations": [str(f) for f in annotations],
         "compat": compat,
         "bootstrap": n_boot,
@@ -319,6 +399,33 @@ def _evaluate(
     for ds, species in per_specie(result).items():
         datasets[ds]["species"] = species
     return result
+
+
+def _perturbations(
+    prediction_files: Sequence[str | os.PathLike], notes: list[str], warnings: list[str]
+) -> list[str] | None:
+    """The image perturbations the predictions were made with (`iadr1 infer --perturb`), from the run manifests
+    beside the files (`predictions*.run.json`): [] for a clean run, None when no manifest says (a note names them
+    when there are some; files of different perturbations are a warning, and None)."""
+    import json
+    from pathlib import Path
+
+    found: set[tuple[str, ...]] = set()
+    for f in prediction_files:
+        try:
+            settings = json.loads(Path(f).with_suffix(".run.json").read_text()).get("settings")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(settings, dict):
+            found.add(tuple(str(x) for x in settings.get("perturb") or ()))
+    if len(found) > 1:
+        shown = "; ".join(" + ".join(p) or "clean" for p in sorted(found))
+        warnings.append(f"the prediction files were made with different image perturbations ({shown}): mixed metrics")
+        return None
+    perturb = list(found.pop()) if found else None
+    if perturb:
+        notes.append(f"images perturbed at inference (iadr1 infer --perturb): {', '.join(perturb)}")
+    return perturb
 
 
 def _input_warnings(gt: GroundTruth, matched: Matched, n_predictions: int) -> list[str]:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from iadr1.data.perturb import Perturbation, load_image
 from iadr1.errors import ConfigError
 from iadr1.prompts import PromptStyle
 
@@ -44,6 +45,7 @@ class Result:
 
     raw: str | None = None
     p_yes: float | None = None
+    p_defect: float | None = None  # the decision score (`p_defect_from_steps`)
     latency_s: float | None = None
     error: str | None = None
     prompt_tokens: int | None = None
@@ -61,6 +63,9 @@ class GenerationOptions:
     seed: int = 0
     prompt_style: PromptStyle = "iadr1"
     logprobs: bool = True  # compute P(yes) where the backend can
+    # Applied to every image (query and references) right after decoding, in order, at the image's own size
+    # (`iadr1.data.perturb.load_image`, the one image reader of the backends); noise is seeded from `seed`.
+    perturb: tuple[Perturbation, ...] = ()
 
 
 class Backend(ABC):
@@ -83,6 +88,12 @@ class Backend(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def request_images(r: Request, options: GenerationOptions) -> list:
+    """The images of a request as the model is to see them (PIL, RGB, slot order): decoded, then perturbed by
+    `options.perturb` at their own size (`iadr1.data.perturb.load_image`). Every backend reads images here."""
+    return [load_image(p, options.perturb, options.seed) for p in r.images]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -193,3 +204,91 @@ def p_yes_from_steps(
     """P(yes) at the answer position of a generated sequence (`candidates_at(i)` gives that step's logprobs)."""
     pos = answer_position(pieces, style)
     return None if pos is None else p_yes_from_candidates(candidates_at(pos), style)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# P(defect): the decision score, read where the reply decides (docs/deploy.md, "An operating point")
+# ---------------------------------------------------------------------------------------------------------------
+# In the iadr1 grammar the reply decides at the first tag after </think>: <location> (a defect, location and type
+# follow) or <answer> (normal). By the time <answer> is written the model has committed, so P(yes) there is nearly
+# 0 or 1; P(defect) is the doubt at the decision. Styles without such a fork decide at the answer word: P(defect) is
+# P(yes) there.
+_DECISION = {"iadr1": ("</think>", "location", "answer")}
+
+
+def decision_style(style: PromptStyle) -> bool:
+    """Whether `style` decides before its answer word (P(defect) is then read at its own position)."""
+    return style in _DECISION
+
+
+def decision_position(pieces: Sequence[str], style: PromptStyle) -> int | None:
+    """Index of the generated token where the reply forks between a defect and a normal answer: the first token
+    after the closing think tag that carries a letter (the tag's name; a bare `<` before it is shared by both
+    forks). For styles without a fork (`decision_style` false), the answer word's position. None if the reply never
+    gets there."""
+    if style not in _DECISION:
+        return answer_position(pieces, style)
+    anchor = _DECISION[style][0]
+    text = ""
+    for i, piece in enumerate(pieces):
+        text += piece
+        at = text.find(anchor)
+        if at >= 0 and any(ch.isalpha() for ch in text[at + len(anchor) :]):
+            return i
+    return None
+
+
+def decision_word(text: str) -> str | None:
+    """The tag name a token can start at the decision position, lower-cased: `<location>`, `location`, `<loc`
+    and ` Loc` give "location"-like letters; a token with anything but the tag's letters, spaces and angle brackets
+    (`a.`, `</`, `the`) gives None."""
+    core = text.strip().lstrip("<").rstrip(">")
+    return core.lower() if core.isalpha() and core.isascii() else None
+
+
+def decision_side(text: str, style: PromptStyle) -> int | None:
+    """1 when the token starts the defect branch's tag, 0 the normal branch's, None for any other token."""
+    word = decision_word(text)
+    if word is None or style not in _DECISION:
+        return None
+    _, defect, normal = _DECISION[style]
+    for side, tag in ((1, defect), (0, normal)):
+        if tag.startswith(word) or word.startswith(tag):
+            return side
+    return None
+
+
+def p_defect_from_candidates(
+    candidates: Mapping[str, float] | Iterable[tuple[str, float]], style: PromptStyle
+) -> float | None:
+    """P(defect) = p(defect-tag tokens) / (p(defect-tag tokens) + p(normal-tag tokens)) at the decision position;
+    for styles without a fork, P(yes) (`p_yes_from_candidates`). None when neither branch appears."""
+    if style not in _DECISION:
+        return p_yes_from_candidates(candidates, style)
+    pairs = candidates.items() if isinstance(candidates, Mapping) else candidates
+    mass = [0.0, 0.0]
+    for text, logprob in pairs:
+        side = decision_side(text, style)
+        if side is not None:
+            mass[side] += math.exp(logprob)
+    total = mass[0] + mass[1]
+    return mass[1] / total if total > 0 else None
+
+
+def p_defect_from_steps(
+    pieces: Sequence[str],
+    candidates_at: Callable[[int], Mapping[str, float] | Iterable[tuple[str, float]]],
+    style: PromptStyle,
+) -> float | None:
+    """P(defect) at the decision position of a generated sequence (`candidates_at(i)` gives that step's logprobs)."""
+    pos = decision_position(pieces, style)
+    return None if pos is None else p_defect_from_candidates(candidates_at(pos), style)
+
+
+def scores_from_steps(
+    pieces: Sequence[str],
+    candidates_at: Callable[[int], Mapping[str, float] | Iterable[tuple[str, float]]],
+    style: PromptStyle,
+) -> tuple[float | None, float | None]:
+    """(P(yes), P(defect)) of a generated sequence, for backends that see top-k logprobs per step."""
+    return p_yes_from_steps(pieces, candidates_at, style), p_defect_from_steps(pieces, candidates_at, style)

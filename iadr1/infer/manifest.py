@@ -84,13 +84,19 @@ def run_settings(cfg: InferConfig, test_file_sha256: str) -> dict[str, Any]:
         "max_new_tokens": opts.max_new_tokens,
         "temperature": opts.temperature,
         "top_p": opts.top_p if sampling else None,
-        "seed": opts.seed if sampling else None,
+        # the seed also decides the pixels of a noise perturbation
+        "seed": opts.seed if sampling or any(p.seeded for p in opts.perturb) else None,
         "dtype": cfg.dtype if local else None,
         # The cap the backend will use (`resolve_max_pixels`): a run that defaults to the model's training cap and
         # one that names the same cap see the same pixels; None is the processor's own limits.
         "max_pixels": resolve_max_pixels(folder, cfg.max_pixels)[0] if local else None,
         "max_side": (cfg.max_side or None) if not local else None,
         "base_url": cfg.base_url if not local else None,
+        # Only when given, so that folders written before thresholds existed resume as they did.
+        **({"threshold": cfg.threshold} if cfg.threshold is not None else {}),
+        **({"task": cfg.task} if cfg.task != "detect" else {}),
+        # Likewise only when some: canonical specs, in order (a perturbed run never resumes into a clean folder).
+        **({"perturb": list(cfg.perturb)} if cfg.perturb else {}),
     }
 
 

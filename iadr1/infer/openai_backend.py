@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from iadr1.errors import ConfigError
-from iadr1.infer.base import Backend, GenerationOptions, Request, Result, p_yes_from_steps
+from iadr1.infer.base import Backend, GenerationOptions, Request, Result, request_images, scores_from_steps
 
 _SOURCE_MIME = {"PNG": "image/png", "JPEG": "image/jpeg"}
 # What a refusal looks like when the API does not flag it (`message.refusal`, finish_reason "content_filter").
@@ -66,13 +66,33 @@ def encode_image(path: str | os.PathLike, max_side: int | None = 512) -> tuple[s
     return _SOURCE_MIME[out_fmt], base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def build_messages(r: Request, max_side: int | None) -> list[dict[str, Any]]:
-    """The chat messages of a request: text parts and `image_url` data-URL parts, interleaved in slot order."""
+def encode_decoded(img: Any, max_side: int | None = 512) -> tuple[str, str]:
+    """(MIME type, base64 data) of a decoded PIL image resized to fit `max_side`, as PNG: lossless, so that a
+    perturbed image (`--perturb`) reaches the model exactly as perturbed (a `jpeg:Q` one with its artefacts)."""
+    from PIL import Image
+
+    if max_side is not None and max(img.size) > max_side:
+        img = img.copy()
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "image/png", base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def build_messages(r: Request, max_side: int | None, options: GenerationOptions | None = None) -> list[dict[str, Any]]:
+    """The chat messages of a request: text parts and `image_url` data-URL parts, interleaved in slot order. With
+    perturbations (`options.perturb`), each image is decoded and perturbed at its own size (`request_images`), then
+    resized to fit `max_side` and sent as PNG; without, the files are sent as `encode_image` says."""
+    perturbed = iter(request_images(r, options)) if options is not None and options.perturb else None
     images = iter(r.images)
     content: list[dict[str, Any]] = []
     for seg in r.segments:
         if seg is None:
-            mime, data = encode_image(next(images), max_side)
+            path = next(images)
+            if perturbed is None:
+                mime, data = encode_image(path, max_side)
+            else:
+                mime, data = encode_decoded(next(perturbed), max_side)
             content.append({"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}})
         elif seg:
             content.append({"type": "text", "text": seg})
@@ -156,7 +176,7 @@ class OpenAIBackend(Backend):
             base = min(self.backoff_max_s, max(base, retry_after))
         return base * (1.0 + jitter)
 
-    def _call(self, messages: list[dict[str, Any]]) -> tuple[str, float | None, int | None, int | None]:
+    def _call(self, messages: list[dict[str, Any]]) -> tuple[str, float | None, float | None, int | None, int | None]:
         opts = self.options
         kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": opts.max_new_tokens}
         kwargs["temperature"] = opts.temperature
@@ -176,7 +196,7 @@ class OpenAIBackend(Backend):
         refusal = getattr(msg, "refusal", None)
         if refusal or choice.finish_reason == "content_filter" or not text.strip() or _REFUSAL.match(text):
             raise RefusalError(refusal or text or f"finish_reason={choice.finish_reason}")
-        p_yes = None
+        p_yes = p_defect = None
         content_lp = getattr(getattr(choice, "logprobs", None), "content", None)
         if content_lp:
             pieces = [t.token for t in content_lp]
@@ -184,14 +204,14 @@ class OpenAIBackend(Backend):
             def candidates(i: int) -> list[tuple[str, float]]:
                 return [(c.token, c.logprob) for c in (content_lp[i].top_logprobs or [])]
 
-            p_yes = p_yes_from_steps(pieces, candidates, opts.prompt_style)
+            p_yes, p_defect = scores_from_steps(pieces, candidates, opts.prompt_style)
         usage = resp.usage
-        return text, p_yes, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+        return text, p_yes, p_defect, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
 
     def _run_one(self, r: Request) -> Result:
         t0 = time.perf_counter()
         try:
-            messages = build_messages(r, self.max_side)
+            messages = build_messages(r, self.max_side, self.options)
         except Exception as e:
             return Result(error=f"cannot encode image: {type(e).__name__}: {e}", latency_s=0.0)
         openai = self._openai
@@ -200,10 +220,11 @@ class OpenAIBackend(Backend):
         for attempt in range(self.retries + 1):
             retry_after = None
             try:
-                text, p_yes, n_in, n_out = self._call(messages)
+                text, p_yes, p_defect, n_in, n_out = self._call(messages)
                 return Result(
                     raw=text,
                     p_yes=p_yes,
+                    p_defect=p_defect,
                     latency_s=time.perf_counter() - t0,
                     prompt_tokens=n_in,
                     completion_tokens=n_out,

@@ -7,8 +7,8 @@ reference first, exactly as training's one-shot records; without one, zero-shot.
 path as found) plus `location`, `type`, `reasoning` and `reference`; a rerun skips the images already answered and
 tries the failed ones again, and a folder made with other settings (model, reference, prompt, decoding) is refused
 unless `overwrite` (the same manifest as `infer`, `OUT/predictions.run.json`). `OUT/gallery.html` is one
-self-contained page: a thumbnail per image with the answer, P(yes), the type, the named 3x3 cell drawn over it and
-the reasoning; defects first.
+self-contained page: a thumbnail per image with the answer, P(defect) and P(yes) (and the call at `threshold`, when
+one is given), the type, the named 3x3 cell drawn over it and the reasoning; defects first.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from iadr1.data.io import (
     iter_jsonl,
 )
 from iadr1.errors import ConfigError, DataError
-from iadr1.infer.base import Request, Result
+from iadr1.infer.base import Backend, Request, Result
 from iadr1.infer.manifest import check_folder, now, run_settings, write_manifest
 from iadr1.infer.runner import InferConfig, make_backend, prediction_record
 from iadr1.prompts import inference_segments
@@ -94,6 +94,25 @@ def _record(path: Path, result: Result, icfg: InferConfig, reference: Path | Non
         "reasoning": answer.reasoning,
         "reference": None if reference is None else str(reference),
     }
+
+
+def answer_image(
+    engine: Backend, icfg: InferConfig, image: str | os.PathLike, reference: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """One image through an open backend (`make_backend(icfg)`): its predictions line, as `run_predict` writes it.
+    Zero-shot without `reference`, one-shot with it, whatever `icfg.shots` says; an unreadable image (or
+    reference) gives a line with `error` set, as does a backend failure."""
+    path = Path(image)
+    ref = None if reference is None else Path(reference)
+    cfg = icfg.model_copy(update={"shots": 0 if ref is None else 1})
+    for p, what in ((ref, "reference"), (path, "image")):
+        problem = check_image(p) if p is not None else None
+        if problem:
+            return _record(path, Result(error=f"{what} {p}: {problem}"), cfg, ref)
+    segments = tuple(inference_segments(cfg.shots, cfg.prompt_style))
+    req = Request(key=str(path), segments=segments, images=(ref, path) if ref is not None else (path,))
+    results = [result for _, result in engine.generate([req])]
+    return _record(path, results[0] if results else Result(error="the backend returned no result"), cfg, ref)
 
 
 def _read_done(path: Path) -> set[str]:
@@ -240,8 +259,13 @@ def write_gallery(rows: list[dict[str, Any]], path: Path) -> Path:
         esc = {k: html.escape(str(row.get(k) or "")) for k in ("image", "type", "location", "reasoning", "error")}
         answer = row.get("answer")
         label = "failed" if row.get("error") else {"yes": "defective", "no": "normal"}.get(answer, "no answer")
-        p_yes = row.get("p_yes")
-        score = "" if p_yes is None else f" &middot; P(yes) {p_yes:.3f}"
+        score = "".join(
+            f" &middot; {name} {row[key]:.3f}" for key, name in (("p_defect", "P(defect)"), ("p_yes", "P(yes)"))
+            if row.get(key) is not None
+        )  # fmt: skip
+        if row.get("threshold") is not None and not row.get("error"):
+            call = {"yes": "defective", "no": "normal"}.get(row.get("decision"), "no score")
+            score += f" &middot; at {row['threshold']:g}: {call}"
         cell = location_cell(row.get("location") or "", strict=True) if answer == "yes" else None
         frame = ""
         if cell is not None:

@@ -26,18 +26,30 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from iadr1.answers import parse
+from iadr1.answers import parse, parse_choice
 from iadr1.data.io import JsonlAppender, atomic_write_jsonl, check_image, file_sha256, iter_jsonl
 from iadr1.data.io import resolve_under as _resolve_under
-from iadr1.data.schemas import Prediction, TestEntry, load_test_file
+from iadr1.data.perturb import canonical as _canonical_perturb
+from iadr1.data.perturb import parse_all as _parse_perturb
+from iadr1.data.schemas import (
+    ANOMALY_LETTER,
+    DETECTION_TYPE,
+    NORMAL_LETTER,
+    UNANSWERED_LETTER,
+    Conversation,
+    Prediction,
+    TestEntry,
+    load_test_file,
+)
 from iadr1.errors import ConfigError, DataError
 from iadr1.infer.base import Backend, GenerationOptions, Request, Result
 from iadr1.infer.manifest import WEIGHT_PATTERNS, check_folder, manifest_path, model_weights, now, run_settings
 from iadr1.infer.manifest import write_manifest as _write_manifest
 from iadr1.models.registry import family_of
-from iadr1.prompts import GRAMMAR_SYSTEM_PROMPT, PromptStyle, inference_segments
+from iadr1.prompts import GRAMMAR_SYSTEM_PROMPT, PromptStyle, inference_segments, mmad_question_text
+from iadr1.ranking import decision_score, threshold_decision
 
 BackendName = Literal["vllm", "transformers", "openai"]
 MAX_IMAGES_PER_PROMPT = 10  # the published inference allowed up to 10 images per prompt
@@ -68,6 +80,11 @@ class InferConfig(BaseModel):
         validation_alias=AliasChoices("grammar_prompt", "system_prompt"),
         description="Add the system prompt stating the output grammar (off as published).",
     )
+    task: Literal["detect", "mmad"] = Field(
+        "detect",
+        description="detect: the anomaly-detection question of each image (IAD-R1). mmad: every question of each "
+        "image (MMAD's multiple choice, one request per question; docs/infer.md).",
+    )
     limit: int | None = Field(None, ge=1, description="Only the first N images of the test file.")
     shard: int = Field(0, ge=0, description="This job's shard index I (0-based): every N-th image from I.")
     num_shards: int = Field(1, ge=1, description="Number of shards N.")
@@ -75,7 +92,19 @@ class InferConfig(BaseModel):
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling (when temperature > 0).")
     seed: int = Field(0, description="Seed of sampling and of the back-off jitter.")
-    logprobs: bool | None = Field(None, description="Record P(yes). Default: on for vllm/transformers.")
+    logprobs: bool | None = Field(None, description="Record P(yes) and P(defect). Default: on for vllm/transformers.")
+    threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Also call each image at this decision score (P(defect), else P(yes)): defective when the "
+        "score >= T; recorded as `decision` beside the bare answer.",
+    )
+    perturb: list[str] = Field(
+        default_factory=list,
+        description="Perturb every image (query and references) before the model sees it, in order, at its own "
+        "size: lowlight:SCALE,OFFSET (0.6,-10), blur:K (12), jpeg:Q, noise:SIGMA (seeded by --seed); repeatable.",
+    )
     # transformers
     batch_size: int = Field(8, ge=1, description="transformers: requests per generate call.")
     dtype: Literal["auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"] = Field(
@@ -109,6 +138,17 @@ class InferConfig(BaseModel):
     backoff_max_s: float = Field(60.0, ge=0)
     max_side: int | None = Field(512, ge=0, description="Resize images to fit this side (openai; 0: never).")
 
+    @field_validator("perturb", mode="before")
+    @classmethod
+    def _perturb(cls, v: Any) -> Any:
+        # canonical spec strings (`lowlight` -> `lowlight:0.6,-10`); a bad spec is one line naming it
+        if v is None:
+            return []
+        try:
+            return _canonical_perturb(v)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+
     @model_validator(mode="after")
     def _check(self) -> InferConfig:
         if self.shard >= self.num_shards:
@@ -130,6 +170,7 @@ class InferConfig(BaseModel):
             seed=self.seed,
             prompt_style=self.prompt_style,
             logprobs=logprobs,
+            perturb=_parse_perturb(self.perturb),
         )
 
 
@@ -203,8 +244,9 @@ def select_entries(entries: dict[str, TestEntry], limit: int | None, shard: int,
     return keys[shard::num_shards]
 
 
-def build_request(key: str, entry: TestEntry, cfg: InferConfig) -> Request | str:
-    """The request for one test image, or a one-line description of why it cannot be made."""
+def build_request(key: str, entry: TestEntry, cfg: InferConfig, question_index: int | None = None) -> Request | str:
+    """The request for one test image (or, `question_index` given, for that MMAD question of it), or a one-line
+    description of why it cannot be made."""
     refs = entry.random_templates if cfg.template_kind == "random" else entry.similar_templates
     if len(refs) < cfg.shots:
         return f"{cfg.shots}-shot needs {cfg.shots} {cfg.template_kind}_templates, the test file has {len(refs)}"
@@ -219,9 +261,13 @@ def build_request(key: str, entry: TestEntry, cfg: InferConfig) -> Request | str
         if problem:
             return f"{role}: {problem}"
         paths.append(p)
+    question = None
+    if question_index is not None:
+        q = entry.conversation[question_index]
+        question = mmad_question_text(q.Question, q.Options, cfg.prompt_style)
     return Request(
-        key=key,
-        segments=tuple(inference_segments(cfg.shots, cfg.prompt_style)),
+        key=item_key(key, question_index),
+        segments=tuple(inference_segments(cfg.shots, cfg.prompt_style, question)),
         images=tuple(paths),
         system=GRAMMAR_SYSTEM_PROMPT if cfg.grammar_prompt else None,
     )
@@ -273,8 +319,29 @@ def make_backend(cfg: InferConfig) -> Backend:
 # ---------------------------------------------------------------------------------------------------------------
 # Resume
 # ---------------------------------------------------------------------------------------------------------------
+# One unit of work: an image (detect), or one question of an image (mmad): `image` + ITEM_SEP + question index.
+ITEM_SEP = "\x1f"
+
+
+def item_key(image: str, question_index: int | None) -> str:
+    return image if question_index is None else f"{image}{ITEM_SEP}{question_index}"
+
+
+def split_item(item: str) -> tuple[str, int | None]:
+    image, sep, index = item.partition(ITEM_SEP)
+    return image, (int(index) if sep else None)
+
+
+def work_items(keys: list[str], entries: dict[str, TestEntry], task: str) -> list[str]:
+    """The units of work of `keys` in order: the images (detect), or every question of every image (mmad)."""
+    if task == "detect":
+        return keys
+    return [item_key(k, i) for k in keys for i in range(len(entries[k].conversation))]
+
+
 def _read_done(path: Path, cfg: InferConfig, selected: set[str]) -> set[str]:
-    """Images already answered in `path`. Error lines of selected images are dropped (they will be retried).
+    """Items (`work_items`) already answered in `path`. Error lines of selected items are dropped (they will be
+    retried).
 
     A file written with another prompt style or shot count is refused: mixing them would corrupt the metric.
     """
@@ -293,14 +360,15 @@ def _read_done(path: Path, cfg: InferConfig, selected: set[str]) -> set[str]:
                 f"{path} holds predictions with prompt style {rec.prompt_style!r}, {rec.shots}-shot; this run is "
                 f"{cfg.prompt_style!r}, {cfg.shots}-shot: pass --overwrite to start over, or use another --out folder"
             )
-        if rec.image in done:
+        item = item_key(rec.image, rec.question_index)
+        if item in done:
             dropped += 1  # a duplicate (should not happen): keep the first answer only
             continue
-        if rec.error is not None and rec.image in selected:
+        if rec.error is not None and item in selected:
             dropped += 1
             continue
         if rec.error is None:
-            done.add(rec.image)
+            done.add(item)
         keep.append(obj)
     if dropped:
         atomic_write_jsonl(path, keep)
@@ -310,22 +378,54 @@ def _read_done(path: Path, cfg: InferConfig, selected: set[str]) -> set[str]:
 # ---------------------------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------------------------
-def prediction_record(key: str, cfg: InferConfig, result: Result) -> tuple[dict[str, Any], Any]:
+def _prob(p: float | None) -> float | None:
+    """Six significant digits, not six decimals: a confident model's scores lie at 1e-5 and below, where an
+    operating point for a 1% Miss is chosen, and rounding to decimals would tie them all at 0."""
+    return None if p is None else float(f"{float(p):.6g}")
+
+
+def prediction_record(
+    key: str, cfg: InferConfig, result: Result, question: tuple[int, Conversation] | None = None
+) -> tuple[dict[str, Any], Any]:
     """The predictions-file line of one result (and the parsed `iadr1.answers.Answer`, for callers that add to it:
-    `iadr1 predict`)."""
+    `iadr1 predict`). `question`: (index, question) of an MMAD line: the option letter is parsed from the reply
+    (`iadr1.answers.parse_choice`) into `choice`, and only the anomaly-detection question's line has an answer."""
     answer = parse(result.raw) if result.error is None else parse(None)
+    score = decision_score(_prob(result.p_defect), _prob(result.p_yes)) if result.error is None else None
+    yes_no, letter = answer.answer, answer.letter
+    mmad: dict[str, Any] = {}
+    if question is not None:
+        index, q = question
+        choice = parse_choice(result.raw, q.Options) if result.error is None else None
+        mmad = {"question_index": index, "question_type": q.type, "choice": choice}
+        if q.type == DETECTION_TYPE:  # A is the defect in MMAD's files as in IAD-R1's
+            yes_no = {ANOMALY_LETTER: "yes", NORMAL_LETTER: "no"}.get(choice or "")
+            letter = {"yes": ANOMALY_LETTER, "no": NORMAL_LETTER}.get(yes_no or "", UNANSWERED_LETTER)
+        else:
+            yes_no, letter = None, None
     rec = Prediction(
         image=key,
         prompt_style=cfg.prompt_style,
         shots=cfg.shots,
         raw=result.raw,
-        answer=answer.answer,
-        letter=answer.letter,
-        p_yes=None if result.p_yes is None else round(float(result.p_yes), 6),
+        answer=yes_no,
+        letter=letter,
+        **mmad,
+        p_yes=_prob(result.p_yes),
+        p_defect=_prob(result.p_defect),
+        threshold=cfg.threshold,
+        decision=None if cfg.threshold is None else threshold_decision(score, cfg.threshold),
         latency_s=None if result.latency_s is None else round(result.latency_s, 4),
         error=result.error,
+        perturb=list(cfg.perturb) or None,
     )
-    return rec.to_json(), answer
+    line = rec.to_json()
+    if line["perturb"] is None:
+        del line["perturb"]  # a clean run's lines are as before perturbations existed
+    if question is None:
+        for k in ("question_index", "question_type", "choice"):
+            del line[k]  # a detection line is as before MMAD lines existed
+    return line, answer
 
 
 def run_inference(
@@ -362,6 +462,13 @@ def run_inference(
             on_message(note)
 
     check_inputs(cfg, model_folder=engine is None)
+    engine_perturb = getattr(getattr(engine, "options", None), "perturb", None)
+    if engine_perturb is not None and [p.spec for p in engine_perturb] != cfg.perturb:
+        # the lines and the manifest record cfg.perturb: an engine perturbing otherwise would mislabel them
+        raise ConfigError(
+            f"the backend passed in perturbs images with {[p.spec for p in engine_perturb]}, this run's perturb is "
+            f"{cfg.perturb}: build the backend with the run's generation_options()"
+        )
     entries = load_test_file(cfg.test_file)
     if not entries:
         raise DataError(f"{cfg.test_file}: the test file holds no images")
@@ -372,16 +479,18 @@ def run_inference(
     if removed:
         say(f"--overwrite: removed {', '.join(p.name for p in removed)}")
     cfg.out.mkdir(parents=True, exist_ok=True)
-    done = _read_done(out_path, cfg, set(keys))
+    items = work_items(keys, entries, cfg.task)
+    what = "images" if cfg.task == "detect" else "questions"
+    done = _read_done(out_path, cfg, set(items))
     started_at = now()
     _write_manifest(out_path, cfg, settings, started_at)  # now: a run killed from here on is protected too
-    todo = [k for k in keys if k not in done]
+    todo = [k for k in items if k not in done]
     if not keys:
         say(f"nothing to do: shard {cfg.shard} of {cfg.num_shards} holds no images of the test file")
     elif not todo:
-        say(f"nothing to do: all {len(keys)} images are already answered in {out_path} (--overwrite starts over)")
-    elif len(todo) < len(keys):
-        say(f"resuming {out_path}: {len(keys) - len(todo)} of {len(keys)} images already answered")
+        say(f"nothing to do: all {len(items)} {what} are already answered in {out_path} (--overwrite starts over)")
+    elif len(todo) < len(items):
+        say(f"resuming {out_path}: {len(items) - len(todo)} of {len(items)} {what} already answered")
     counts: Counter[str] = Counter()
     n_correct = n_scored = 0
     first_error: str | None = None
@@ -396,28 +505,35 @@ def run_inference(
 
     with JsonlAppender(out_path) as sink:
 
-        def write(key: str, result: Result) -> None:
+        def write(item: str, result: Result) -> None:
             nonlocal n_correct, n_scored, first_error
-            rec, _ = prediction_record(key, cfg, result)
+            key, qi = split_item(item)
+            entry = entries[key]
+            question = None if qi is None else (qi, entry.conversation[qi])
+            rec, _ = prediction_record(key, cfg, result, question)
             sink.write(rec)
             counts["written"] += 1
             if rec["error"]:
                 counts["errors"] += 1
                 first_error = first_error or f"{key}: {rec['error']}"
-            else:
+            elif question is None or question[1].type == DETECTION_TYPE:
                 counts[{"A": "yes", "B": "no"}.get(rec["letter"], "unanswered")] += 1
                 n_scored += 1
-                n_correct += rec["letter"] == entries[key].conversation[0].Answer
+                n_correct += rec["letter"] == entry.conversation[entry.detection_index].Answer
+            else:
+                n_scored += 1
+                n_correct += rec["choice"] == question[1].Answer
             if on_record is not None:
                 on_record(rec)
             advance()
 
         def requests() -> Iterator[Request]:
             # Lazy: images are checked as the backend asks for work; bad ones are recorded on the spot.
-            for key in todo:
-                req = build_request(key, entries[key], cfg)
+            for item in todo:
+                key, qi = split_item(item)
+                req = build_request(key, entries[key], cfg, qi)
                 if isinstance(req, str):
-                    write(key, Result(error=req))
+                    write(item, Result(error=req))
                 else:
                     yield req
 
@@ -439,8 +555,8 @@ def run_inference(
     summary = InferenceSummary(
         predictions=out_path,
         manifest=manifest_path(out_path),
-        selected=len(keys),
-        skipped=len(keys) - len(todo),
+        selected=len(items),
+        skipped=len(items) - len(todo),
         written=counts["written"],
         errors=counts["errors"],
         yes=counts["yes"],

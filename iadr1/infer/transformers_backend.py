@@ -6,7 +6,8 @@ with (`resolve_max_pixels`), and the processor is the checkpoint's, unchanged, a
 iadr1-trained model the pixel values equal training's (tested).
 
 P(yes) is exact here: the softmax mass of every yes-token of the vocabulary (" Yes", "yes", ...) against every
-no-token, at the step where the answer word starts.
+no-token, at the step where the answer word starts; P(defect) likewise, every token that starts the defect branch's
+tag against every token that starts the normal branch's, at the decision position (`iadr1.infer.base`).
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import TYPE_CHECKING
 
-from iadr1.data.io import load_rgb
 from iadr1.infer.base import (
     Backend,
     GenerationOptions,
     Request,
     Result,
     answer_position,
+    decision_position,
+    decision_side,
+    decision_style,
     normalize_piece,
+    request_images,
     resolve_max_pixels,
 )
 from iadr1.models.loading import fit_image, image_factor, load_model, load_processor, render_prompt
@@ -74,6 +78,8 @@ class TransformersBackend(Backend):
         if self.tokenizer.eos_token_id is not None:
             self._eos.add(self.tokenizer.eos_token_id)
         self._answer_ids: tuple[list[int], list[int]] | None = None
+        self._decision_ids: tuple[list[int], list[int]] | None = None
+        self._vocab_texts: list[str] | None = None
         self._torch = torch
 
     # --- P(yes) ----------------------------------------------------------------------------------------------
@@ -83,30 +89,50 @@ class TransformersBackend(Backend):
             from iadr1.infer.base import _CHOICES
 
             yes_word, no_word = _CHOICES[self.options.prompt_style]
-            texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
-            words = [normalize_piece(t) if len(t) <= 8 else "" for t in texts]
+            words = [normalize_piece(t) if len(t) <= 8 else "" for t in self._vocab()]
             self._answer_ids = (
                 [i for i, w in enumerate(words) if w == yes_word],
                 [i for i, w in enumerate(words) if w == no_word],
             )
         return self._answer_ids
 
-    def _p_yes(self, ids: list[int], logits: tuple, row: int) -> float | None:
-        pieces = self.tokenizer.batch_decode([[t] for t in ids])
-        pos = answer_position(pieces, self.options.prompt_style)
+    def _vocab(self) -> list[str]:
+        if self._vocab_texts is None:
+            self._vocab_texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+        return self._vocab_texts
+
+    def _branch_ids(self) -> tuple[list[int], list[int]]:
+        """Every vocabulary id that starts the defect (resp. normal) branch's tag (`decision_side`); built once."""
+        if self._decision_ids is None:
+            style = self.options.prompt_style
+            sides = [decision_side(t, style) if len(t) <= 16 else None for t in self._vocab()]
+            self._decision_ids = tuple([i for i, v in enumerate(sides) if v == b] for b in (1, 0))  # type: ignore[assignment]
+        return self._decision_ids
+
+    def _ratio(self, logits: tuple, row: int, pos: int | None, ids: tuple[list[int], list[int]]) -> float | None:
         if pos is None or pos >= len(logits):
             return None
-        yes_ids, no_ids = self._yes_no_ids()
         probs = self._torch.softmax(logits[pos][row].float(), dim=-1)
-        p_yes, p_no = probs[yes_ids].sum().item(), probs[no_ids].sum().item()
-        return p_yes / (p_yes + p_no) if p_yes + p_no > 0 else None
+        p_a, p_b = probs[ids[0]].sum().item(), probs[ids[1]].sum().item()
+        return p_a / (p_a + p_b) if p_a + p_b > 0 else None
+
+    def _scores(self, ids: list[int], logits: tuple, row: int) -> tuple[float | None, float | None]:
+        """(P(yes), P(defect)) of one generated row."""
+        style = self.options.prompt_style
+        pieces = self.tokenizer.batch_decode([[t] for t in ids])
+        p_yes = self._ratio(logits, row, answer_position(pieces, style), self._yes_no_ids())
+        if not decision_style(style):
+            return p_yes, p_yes
+        return p_yes, self._ratio(logits, row, decision_position(pieces, style), self._branch_ids())
 
     # --- generation --------------------------------------------------------------------------------------------
     def inputs(self, batch: list[Request]) -> BatchFeature:
         """The model inputs of a batch (token ids, pixel values, image grids), on the model's device and dtype."""
         torch = self._torch
         prompts = [render_prompt(self.processor, list(r.segments), r.system) for r in batch]
-        images = [[fit_image(load_rgb(p), self.max_pixels, self.image_factor) for p in r.images] for r in batch]
+        images = [
+            [fit_image(im, self.max_pixels, self.image_factor) for im in request_images(r, self.options)] for r in batch
+        ]
         inputs = self.processor(text=prompts, images=images, return_tensors="pt", padding=True).to(self.device)
         for k, v in inputs.items():  # pixel values come as fp32; the vision tower runs in the model dtype
             if torch.is_tensor(v) and v.is_floating_point():
@@ -134,10 +160,12 @@ class TransformersBackend(Backend):
             ids = out.sequences[row, n_in:].tolist()
             n_gen = next((i + 1 for i, t in enumerate(ids) if t in self._eos), len(ids))
             ids = [t for t in ids[:n_gen] if t not in self._eos]
+            p_yes, p_defect = self._scores(ids, out.logits, row) if opts.logprobs else (None, None)
             results.append(
                 Result(
                     raw=self.tokenizer.decode(ids, skip_special_tokens=True),
-                    p_yes=self._p_yes(ids, out.logits, row) if opts.logprobs else None,
+                    p_yes=p_yes,
+                    p_defect=p_defect,
                     latency_s=elapsed,
                     prompt_tokens=int(inputs["attention_mask"][row].sum()),
                     completion_tokens=n_gen,

@@ -28,9 +28,17 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from iadr1.data.io import load_rgb, read_json
+from iadr1.data.io import read_json
 from iadr1.errors import ConfigError, DataError
-from iadr1.infer.base import Backend, GenerationOptions, Request, Result, p_yes_from_steps, resolve_max_pixels
+from iadr1.infer.base import (
+    Backend,
+    GenerationOptions,
+    Request,
+    Result,
+    request_images,
+    resolve_max_pixels,
+    scores_from_steps,
+)
 from iadr1.models.loading import fit_image, image_factor, load_processor, render_prompt
 from iadr1.models.registry import family_of, read_model_config, read_model_type
 
@@ -228,7 +236,7 @@ class VLLMBackend(Backend):
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:
             text = render_prompt(self.processor, list(r.segments), r.system)
-        images = [fit_image(load_rgb(p), self.max_pixels, self.image_factor) for p in r.images]
+        images = [fit_image(im, self.max_pixels, self.image_factor) for im in request_images(r, self.options)]
         return {"prompt": text, "multi_modal_data": {"image": images}}
 
     def _result(self, out: Any, t0: float) -> Result:
@@ -236,7 +244,7 @@ class VLLMBackend(Backend):
         ids = list(comp.token_ids)
         eos = {self.tokenizer.eos_token_id} | set(self._generation_eos())
         gen_ids = [t for t in ids if t not in eos]
-        p_yes = None
+        p_yes = p_defect = None
         if self.options.logprobs and comp.logprobs:
             pieces = self.tokenizer.batch_decode([[t] for t in ids])
             steps = comp.logprobs
@@ -244,10 +252,11 @@ class VLLMBackend(Backend):
             def candidates(i: int) -> list[tuple[str, float]]:
                 return [(lp.decoded_token or "", lp.logprob) for lp in steps[i].values()]
 
-            p_yes = p_yes_from_steps(pieces, candidates, self.options.prompt_style)
+            p_yes, p_defect = scores_from_steps(pieces, candidates, self.options.prompt_style)
         return Result(
             raw=comp.text,
             p_yes=p_yes,
+            p_defect=p_defect,
             latency_s=time.perf_counter() - t0,
             prompt_tokens=len(out.prompt_token_ids or []),
             completion_tokens=len(ids),
