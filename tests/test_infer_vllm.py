@@ -123,6 +123,7 @@ def test_vllm_and_transformers_agree_token_for_token(vllm_python, tiny_model, tm
                 continue
             assert v["prompt_tokens"] == res.prompt_tokens, f"{fam} {r.key}: prompts differ"
             assert v["token_ids"] == res.token_ids, f"{fam} {r.key}: vLLM and transformers diverge"
+            assert v["raw"] == res.raw  # iadr1 decodes vLLM's replies as transformers' (detokenize=False)
             assert len(res.token_ids) > 0
             assert v["p_yes"] is None or 0.0 <= v["p_yes"] <= 1.0  # vLLM: top-20 only; exact in transformers
 

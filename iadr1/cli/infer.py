@@ -38,6 +38,7 @@ _OPTIONS: list[Opt] = [
             ("batch_size", int),
             ("dtype", str),
             ("device", str),
+            ("image_workers", int),
             ("max_pixels", int),
             ("tensor_parallel_size", int),
             ("data_parallel_size", int),
@@ -111,6 +112,13 @@ def _infer(**options: object) -> None:
         ("accuracy", acc),
         ("time (with model load)", f"{summary.elapsed_s:.1f} s, {summary.images_per_s:.2f} images/s"),
     ]
+    if summary.startup_s is not None:  # the start-up apart from the steady rate (docs/infer.md, "Throughput")
+        engine = "" if summary.engine_s is None else f" (backend {summary.engine_s:.1f} s)"
+        rows.append(("start-up", f"{summary.startup_s:.1f} s{engine}"))
+    if summary.first_result_s is not None:
+        rows.append(("first result", f"at {summary.first_result_s:.1f} s"))
+    if summary.steady_images_per_s is not None:
+        rows.append(("steady rate", f"{summary.steady_images_per_s:.2f} images/s"))
     for k, v in rows:
         table.add_row(f"[bold]{k}[/]", v)
     console.print(table)

@@ -480,14 +480,9 @@ def inspect_image(path: str | os.PathLike, fingerprint: bool = True) -> tuple[st
     from PIL import Image
 
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return "missing file", None
-    except OSError as e:
-        return f"unreadable ({e.strerror})", None
-    if size == 0:
-        return "empty file (0 bytes)", None
+    problem = _file_problem(path)
+    if problem:
+        return problem, None
     try:
         data = path.read_bytes() if fingerprint else b""  # read once: hashed, then decoded from memory
         with Image.open(io.BytesIO(data) if fingerprint else path) as im:
@@ -501,12 +496,35 @@ def inspect_image(path: str | os.PathLike, fingerprint: bool = True) -> tuple[st
         return image_problem(e), None
 
 
+def _file_problem(path: Path) -> str | None:
+    """What is wrong with the file itself before any decoding (missing, unreadable, empty), in `check_image`'s
+    words; None for a file worth decoding."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "missing file"
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    return "empty file (0 bytes)" if size == 0 else None
+
+
 def load_rgb(path: str | os.PathLike):
-    """Open an image as RGB; a problem is a `DataError` naming the file."""
+    """Open an image as RGB; a problem is a `DataError` naming the file, in `check_image`'s words.
+
+    Decoded once: the check is the decode itself (the inference backends read every image here, so a second,
+    checking decode would double their most expensive step: benchmarks/bench_pipeline.py)."""
     from PIL import Image
 
-    problem = check_image(path)
+    problem = _file_problem(Path(path))
+    if problem is None:
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except IMAGE_ERRORS as e:
+            problem = image_problem(e)
+        else:
+            if im.width == 0 or im.height == 0:
+                problem = "image has zero size"
     if problem:
         raise DataError(f"{path}: {problem}")
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    return im.convert("RGB")

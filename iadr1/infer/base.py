@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from iadr1.data.perturb import Perturbation, load_image
 from iadr1.errors import ConfigError
@@ -94,6 +95,30 @@ def request_images(r: Request, options: GenerationOptions) -> list:
     """The images of a request as the model is to see them (PIL, RGB, slot order): decoded, then perturbed by
     `options.perturb` at their own size (`iadr1.data.perturb.load_image`). Every backend reads images here."""
     return [load_image(p, options.perturb, options.seed) for p in r.images]
+
+
+def sized_images(r: Request, options: GenerationOptions, max_pixels: int | None, factor: int) -> list:
+    """`request_images`, each then sized by training's rule (`iadr1.models.loading.fit_image`): what the local
+    backends hand to the processor."""
+    from iadr1.models.loading import fit_image
+
+    return [fit_image(im, max_pixels, factor) for im in request_images(r, options)]
+
+
+def prefetch_images(
+    requests: Iterable[Request],
+    options: GenerationOptions,
+    max_pixels: int | None,
+    factor: int,
+    workers: int,
+    ahead: int | None = None,
+) -> Iterator[tuple[Request, Any]]:
+    """(request, future of its `sized_images`) in request order, decoded and resized by `workers` threads at most
+    `ahead` requests beyond the one the backend is at (`iadr1.infer.prefetch`; 0 workers: inline, at
+    `result()`). `future.result()` raises what reading the images raised, as an inline call would."""
+    from iadr1.infer.prefetch import prefetch
+
+    return prefetch(requests, lambda r: sized_images(r, options, max_pixels, factor), workers, ahead)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from iadr1.errors import ConfigError, DataError
 from iadr1.infer.base import Backend, GenerationOptions, Request, Result
 from iadr1.infer.manifest import WEIGHT_PATTERNS, check_folder, manifest_path, model_weights, now, run_settings
 from iadr1.infer.manifest import write_manifest as _write_manifest
+from iadr1.infer.prefetch import prefetch, resolve_workers
 from iadr1.models.registry import family_of
 from iadr1.prompts import GRAMMAR_SYSTEM_PROMPT, PromptStyle, inference_segments, mmad_question_text
 from iadr1.ranking import decision_score, threshold_decision
@@ -105,6 +106,12 @@ class InferConfig(BaseModel):
         description="Perturb every image (query and references) before the model sees it, in order, at its own "
         "size: lowlight:SCALE,OFFSET (0.6,-10), blur:K (12), jpeg:Q, noise:SIGMA (seeded by --seed); repeatable.",
     )
+    image_workers: int | None = Field(
+        None,
+        ge=0,
+        description="vllm, transformers: threads that check, decode and resize images ahead of the engine, in "
+        "request order. Default min(8, cores); 0: inline.",
+    )
     # transformers
     batch_size: int = Field(8, ge=1, description="transformers: requests per generate call.")
     dtype: Literal["auto", "bf16", "bfloat16", "fp16", "float16", "fp32", "float32"] = Field(
@@ -124,7 +131,11 @@ class InferConfig(BaseModel):
     max_model_len: int | None = Field(
         None, ge=256, description="vllm: context length. Default: the model's own (config.json), at most 8192."
     )
-    enforce_eager: bool = Field(False, description="vllm: no CUDA graphs / compilation (faster start).")
+    enforce_eager: bool | None = Field(
+        None,
+        description="vllm: no compilation / CUDA graphs (a faster start, a slower steady rate). Default: on for a "
+        "CPU, off for a GPU.",
+    )
     enable_prefix_caching: bool = True
     queue_size: int = Field(1024, ge=1)
     vllm_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra vllm.LLM keyword arguments.")
@@ -204,6 +215,21 @@ class InferenceSummary(BaseModel):
     accuracy: float | None
     elapsed_s: float
     images_per_s: float
+    startup_s: float | None = Field(
+        None,
+        description="Seconds from the start of the run until the backend was ready for its first request: reading "
+        "the test file and the predictions so far, checking the first images, building the backend (engine_s). "
+        "None: no request was run.",
+    )
+    engine_s: float | None = Field(
+        None, description="Seconds building the backend (model load, engine start, compilation); 0 for one passed in."
+    )
+    first_result_s: float | None = Field(None, description="Seconds from the start of the run to the first result.")
+    steady_images_per_s: float | None = Field(
+        None,
+        description="The backend's results per second from the moment it was ready to its last result (the "
+        "start-up excluded; its first results' latency included).",
+    )
     first_error: str | None = Field(None, description="The error of the first image that failed in this run.")
     notes: list[str] = Field(default_factory=list, description="What the run said (resume, settings it chose).")
 
@@ -280,7 +306,13 @@ def make_backend(cfg: InferConfig) -> Backend:
         from iadr1.infer.transformers_backend import TransformersBackend
 
         return TransformersBackend(
-            cfg.model, opts, batch_size=cfg.batch_size, dtype=cfg.dtype, device=cfg.device, max_pixels=cfg.max_pixels
+            cfg.model,
+            opts,
+            batch_size=cfg.batch_size,
+            dtype=cfg.dtype,
+            device=cfg.device,
+            max_pixels=cfg.max_pixels,
+            image_workers=cfg.image_workers,
         )
     if cfg.backend == "vllm":
         from iadr1.infer.vllm_backend import VLLMBackend
@@ -298,6 +330,7 @@ def make_backend(cfg: InferConfig) -> Backend:
             max_model_len=cfg.max_model_len,
             enforce_eager=cfg.enforce_eager,
             queue_size=cfg.queue_size,
+            image_workers=cfg.image_workers,
             **cfg.vllm_kwargs,
         )
     from iadr1.infer.openai_backend import OpenAIBackend
@@ -494,6 +527,8 @@ def run_inference(
     counts: Counter[str] = Counter()
     n_correct = n_scored = 0
     first_error: str | None = None
+    timing = _Timing()
+    workers = resolve_workers(cfg.image_workers)
 
     t_loop = time.perf_counter()
 
@@ -527,27 +562,44 @@ def run_inference(
                 on_record(rec)
             advance()
 
+        def build(item: str) -> Request | str:
+            key, qi = split_item(item)
+            return build_request(key, entries[key], cfg, qi)
+
         def requests() -> Iterator[Request]:
-            # Lazy: images are checked as the backend asks for work; bad ones are recorded on the spot.
-            for item in todo:
-                key, qi = split_item(item)
-                req = build_request(key, entries[key], cfg, qi)
-                if isinstance(req, str):
-                    write(item, Result(error=req))
-                else:
-                    yield req
+            # Lazy: images are checked (a full decode) as the backend asks for work, by `workers` threads a few
+            # requests ahead, in order; bad ones are recorded on the spot, here in the run's own thread.
+            built = prefetch(todo, build, workers, ahead=max(8, 4 * workers))
+            try:
+                for item, req in built:
+                    req = req.result()
+                    if isinstance(req, str):
+                        write(item, Result(error=req))
+                    else:
+                        yield req
+            finally:
+                built.close()
 
         stream = requests()
         first = next(stream, None)  # build the engine only if there is something to run
         if first is not None:
             own = engine is None
+            t_engine = time.perf_counter()
             runner = make_backend(cfg) if engine is None else engine
+            timing.ready = time.perf_counter()
+            timing.engine_s = timing.ready - t_engine if own else 0.0
             for note in runner.notes:
                 say(note)
+            results = runner.generate(_chain(first, stream))
             try:
-                for req, result in runner.generate(_chain(first, stream)):
+                for req, result in results:
+                    timing.arrived(time.perf_counter())
                     write(req.key, result)
             finally:
+                for it in (results, stream):  # the backend's read-ahead threads, then the runner's
+                    close = getattr(it, "close", None)
+                    if close is not None:
+                        close()
                 if own:
                     runner.close()
 
@@ -565,11 +617,41 @@ def run_inference(
         accuracy=(n_correct / n_scored) if n_scored else None,
         elapsed_s=round(elapsed, 3),
         images_per_s=round(counts["written"] / elapsed, 3) if elapsed > 0 else 0.0,
+        startup_s=None if timing.ready is None else round(timing.ready - t_start, 3),
+        engine_s=None if timing.engine_s is None else round(timing.engine_s, 3),
+        first_result_s=None if timing.first is None else round(timing.first - t_start, 3),
+        steady_images_per_s=timing.steady_rate(),
         first_error=first_error,
         notes=notes,
     )
     _write_manifest(out_path, cfg, settings, started_at, summary.model_dump(mode="json"))
     return summary
+
+
+class _Timing:
+    """When the backend was ready and when its results came: the start-up apart from the steady rate.
+
+    The steady rate is taken from the moment the backend is ready, not from its first result: an engine that batches
+    continuously (vLLM) returns its first results only once its batch is full, then many at once, so a rate counted
+    from the first result would overstate what it sustains.
+    """
+
+    def __init__(self) -> None:
+        self.engine_s: float | None = None
+        self.ready: float | None = None
+        self.first: float | None = None
+        self.last: float | None = None
+        self.results = 0
+
+    def arrived(self, t: float) -> None:
+        self.first = t if self.first is None else self.first
+        self.last = t
+        self.results += 1
+
+    def steady_rate(self) -> float | None:
+        if self.ready is None or self.last is None or self.last <= self.ready:
+            return None
+        return round(self.results / (self.last - self.ready), 3)
 
 
 def _chain(first: Request, rest: Iterator[Request]) -> Iterator[Request]:

@@ -3,7 +3,8 @@
 The prompts are exactly the vLLM backend's (the same chat template through `render_prompt`), so greedy fp32
 completions agree token for token (tested). Images are sized by training's rule at the cap the model was trained
 with (`resolve_max_pixels`), and the processor is the checkpoint's, unchanged, as in training: for an
-iadr1-trained model the pixel values equal training's (tested).
+iadr1-trained model the pixel values equal training's (tested). The images of the next batch are decoded and sized
+by a pool of threads while the current one generates (`iadr1.infer.prefetch`).
 
 P(yes) is exact here: the softmax mass of every yes-token of the vocabulary (" Yes", "yes", ...) against every
 no-token, at the step where the answer word starts; P(defect) likewise, every token that starts the defect branch's
@@ -16,7 +17,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from iadr1.infer.base import (
     Backend,
@@ -28,10 +29,12 @@ from iadr1.infer.base import (
     decision_side,
     decision_style,
     normalize_piece,
-    request_images,
+    prefetch_images,
     resolve_max_pixels,
+    sized_images,
 )
-from iadr1.models.loading import fit_image, image_factor, load_model, load_processor, render_prompt
+from iadr1.infer.prefetch import resolve_workers
+from iadr1.models.loading import image_factor, load_model, load_processor, render_prompt
 from iadr1.models.registry import family_of
 
 if TYPE_CHECKING:
@@ -57,12 +60,15 @@ class TransformersBackend(Backend):
         device: str | None = None,
         max_pixels: int | None = None,
         attn_implementation: str | None = None,
+        image_workers: int | None = None,
     ):
         import torch
         from transformers import set_seed
 
         self.options = options or GenerationOptions()
         self.batch_size = max(1, int(batch_size))
+        # Threads that decode and resize images ahead of the model (`iadr1.infer.prefetch`); 0: inline.
+        self.image_workers = resolve_workers(image_workers)
         set_seed(self.options.seed)
         self.max_pixels, note = resolve_max_pixels(model_path, max_pixels)
         self.notes = (note,) if note else ()
@@ -126,23 +132,24 @@ class TransformersBackend(Backend):
         return p_yes, self._ratio(logits, row, decision_position(pieces, style), self._branch_ids())
 
     # --- generation --------------------------------------------------------------------------------------------
-    def inputs(self, batch: list[Request]) -> BatchFeature:
-        """The model inputs of a batch (token ids, pixel values, image grids), on the model's device and dtype."""
+    def inputs(self, batch: list[Request], images: list[list] | None = None) -> BatchFeature:
+        """The model inputs of a batch (token ids, pixel values, image grids), on the model's device and dtype.
+        `images`: each request's `sized_images`, when read ahead (else read here)."""
         torch = self._torch
         prompts = [render_prompt(self.processor, list(r.segments), r.system) for r in batch]
-        images = [
-            [fit_image(im, self.max_pixels, self.image_factor) for im in request_images(r, self.options)] for r in batch
-        ]
+        if images is None:
+            images = [sized_images(r, self.options, self.max_pixels, self.image_factor) for r in batch]
         inputs = self.processor(text=prompts, images=images, return_tensors="pt", padding=True).to(self.device)
         for k, v in inputs.items():  # pixel values come as fp32; the vision tower runs in the model dtype
             if torch.is_tensor(v) and v.is_floating_point():
                 inputs[k] = v.to(self.dtype)
         return inputs
 
-    def _run_batch(self, batch: list[Request]) -> list[Result]:
+    def _run_batch(self, batch: list[tuple[Request, Any]]) -> list[Result]:
+        """Answer a batch of (request, future of its images)."""
         torch = self._torch
         t0 = time.perf_counter()
-        inputs = self.inputs(batch)
+        inputs = self.inputs([r for r, _ in batch], [images.result() for _, images in batch])
         opts = self.options
         sampling = {"do_sample": True, "temperature": opts.temperature, "top_p": opts.top_p}
         with torch.inference_mode():
@@ -175,18 +182,32 @@ class TransformersBackend(Backend):
         return results
 
     def generate(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Result]]:
-        it = iter(requests)
-        while batch := list(islice(it, self.batch_size)):
-            try:
-                results = self._run_batch(batch)
-            except Exception as e:  # one bad request must not sink its batch: retry them one by one
-                if len(batch) == 1:
-                    yield batch[0], Result(error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-                    continue
-                for r in batch:
-                    yield from self.generate([r])
-                continue
-            yield from zip(batch, results, strict=True)
+        # Images are decoded and sized by `image_workers` threads ahead of the model, a batch or more ahead.
+        prepared = prefetch_images(
+            requests,
+            self.options,
+            self.max_pixels,
+            self.image_factor,
+            self.image_workers,
+            ahead=max(self.batch_size, 2 * self.image_workers),
+        )
+        try:
+            while batch := list(islice(prepared, self.batch_size)):
+                yield from self._answer(batch)
+        finally:
+            prepared.close()
+
+    def _answer(self, batch: list[tuple[Request, Any]]) -> Iterator[tuple[Request, Result]]:
+        try:
+            results = self._run_batch(batch)
+        except Exception as e:  # one bad request must not sink its batch: retry them one by one
+            if len(batch) == 1:
+                yield batch[0][0], Result(error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                return
+            for pair in batch:
+                yield from self._answer([pair])
+            return
+        yield from zip([r for r, _ in batch], results, strict=True)
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

@@ -4,7 +4,12 @@ The original sent batches of 4 with `enforce_eager=True`, which left the GPU mos
 handed to the engine's scheduler together (continuous batching), and results are read back as each request
 finishes, so the runner writes them to disk at once: a killed run loses only what was in flight. To bound host
 memory on large test sets (decoded images), at most `queue_size` requests are queued; the queue is topped up
-as results come out, so the engine never runs dry.
+as results come out, so the engine never runs dry. Images are decoded and sized ahead of the queue by a pool of
+threads (`iadr1.infer.prefetch`), in request order.
+
+On a CPU (vLLM's CPU build) the engine runs eager and in this process unless told otherwise: there compilation
+and vLLM's engine-core and worker processes cost most of a run's start-up and return little (docs/infer.md,
+"Throughput").
 
 Prompts come from the checkpoint's own chat template (`render_prompt`), exactly as in the transformers backend.
 Images are sized the same way too, by training's rule at the cap the model was trained with; vLLM's processor,
@@ -35,17 +40,21 @@ from iadr1.infer.base import (
     GenerationOptions,
     Request,
     Result,
-    request_images,
+    prefetch_images,
     resolve_max_pixels,
     scores_from_steps,
+    sized_images,
 )
-from iadr1.models.loading import fit_image, image_factor, load_processor, render_prompt
+from iadr1.infer.prefetch import resolve_workers
+from iadr1.models.loading import image_factor, load_processor, render_prompt
 from iadr1.models.registry import family_of, read_model_config, read_model_type
 
 TOP_LOGPROBS = 20  # vLLM's default cap on returned logprobs
 # The published runs' context. A prompt here (K+1 images and a short question) is far shorter, and a longer
 # context only reserves KV-cache memory that no request uses.
 MAX_MODEL_LEN_CAP = 8192
+# At most this many requests are queued between two engine steps.
+ENQUEUE_CHUNK = 64
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -160,9 +169,10 @@ class VLLMBackend(Backend):
         enable_prefix_caching: bool = True,
         gpu_memory_utilization: float = 0.9,
         max_model_len: int | None = None,
-        enforce_eager: bool = False,
+        enforce_eager: bool | None = None,
         queue_size: int = 1024,
         kv_cache_memory_bytes: int | None = None,
+        image_workers: int | None = None,
         **engine_kwargs: Any,
     ):
         try:
@@ -175,6 +185,8 @@ class VLLMBackend(Backend):
 
         self.options = options or GenerationOptions()
         self.queue_size = max(1, int(queue_size))
+        # Threads that decode and resize images ahead of the engine (`iadr1.infer.prefetch`); 0: inline.
+        self.image_workers = resolve_workers(image_workers)
         path = Path(model_path)
         family = family_of(path)
         self.max_pixels, pixels_note = resolve_max_pixels(path, max_pixels)
@@ -189,6 +201,23 @@ class VLLMBackend(Backend):
             self.processor = load_processor(path)
             self.tokenizer = self.processor.tokenizer
         self.image_factor = image_factor(family, self.processor)
+        notes: list[str] = []
+        # On a CPU the engine runs eager and in this process unless told otherwise: compiling costs about 30 s of
+        # start-up for some 20% of steady rate, and the engine's own two processes (engine core, worker) about 20 s
+        # of start-up and shutdown for none on a CPU that they share (docs/infer.md, "Throughput").
+        single_device = int(tensor_parallel_size) == 1 and int(data_parallel_size) == 1
+        on_cpu = vllm_on_cpu()
+        in_process = on_cpu and single_device and _MULTIPROCESSING not in os.environ
+        cpu_notes = []
+        if enforce_eager is None:
+            enforce_eager = on_cpu
+            if on_cpu:
+                cpu_notes.append("eager (--no-enforce-eager compiles: about 30 s more start-up, ~20% more images/s)")
+        if in_process:
+            cpu_notes.append("in this process (VLLM_ENABLE_V1_MULTIPROCESSING=1: in vLLM's own processes)")
+        if cpu_notes:
+            notes.append(f"vllm on CPU: the engine runs {', '.join(cpu_notes)}")
+        self.enforce_eager = bool(enforce_eager)
         kwargs: dict[str, Any] = {
             "model": str(path),
             "dtype": vllm_dtype(dtype),
@@ -197,11 +226,10 @@ class VLLMBackend(Backend):
             "tensor_parallel_size": int(tensor_parallel_size),
             "enable_prefix_caching": bool(enable_prefix_caching),
             "gpu_memory_utilization": float(gpu_memory_utilization),
-            "enforce_eager": bool(enforce_eager),
+            "enforce_eager": self.enforce_eager,
         }
         if int(data_parallel_size) > 1:
             kwargs["data_parallel_size"] = int(data_parallel_size)
-        notes: list[str] = []
         if max_model_len is None and "max_model_len" not in engine_kwargs:
             max_model_len, note = default_max_model_len(path)
             notes.append(note)
@@ -216,7 +244,9 @@ class VLLMBackend(Backend):
         kwargs.update(engine_kwargs)
         self.max_model_len = int(kwargs["max_model_len"])
         try:
-            self.llm = LLM(**kwargs)
+            # vLLM reads the variable only while it builds the engine: set for that, as its own tests do
+            with _environ(_MULTIPROCESSING, "0") if in_process else contextlib.nullcontext():
+                self.llm = LLM(**kwargs)
         except Exception as e:  # chained: a library user still sees vLLM's own traceback
             raise engine_start_error(e, self.max_model_len, float(gpu_memory_utilization)) from e
         opts = self.options
@@ -226,9 +256,15 @@ class VLLMBackend(Backend):
             max_tokens=opts.max_new_tokens,
             seed=opts.seed,
             logprobs=TOP_LOGPROBS if opts.logprobs else None,
+            # The text and the top-20 candidates are decoded here (`_text`, `_result`), not by vLLM: vLLM decodes
+            # every candidate of every step afresh in its output loop (20 decode calls per token), where iadr1
+            # reads two positions and the vocabulary's token texts repeat.
+            detokenize=False,
         )
+        self._token_texts: dict[int, str] = {}
 
-    def _prompt(self, r: Request) -> dict[str, Any]:
+    def _prompt(self, r: Request, images: list | None = None) -> dict[str, Any]:
+        """The engine input of a request; `images`: its `sized_images`, when read ahead (else read here)."""
         if self.processor is None:
             user = "".join("<image>\n" if s is None else s for s in r.segments)
             messages = [{"role": "system", "content": r.system}] if r.system else []
@@ -236,7 +272,8 @@ class VLLMBackend(Backend):
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:
             text = render_prompt(self.processor, list(r.segments), r.system)
-        images = [fit_image(im, self.max_pixels, self.image_factor) for im in request_images(r, self.options)]
+        if images is None:
+            images = sized_images(r, self.options, self.max_pixels, self.image_factor)
         return {"prompt": text, "multi_modal_data": {"image": images}}
 
     def _result(self, out: Any, t0: float) -> Result:
@@ -246,15 +283,16 @@ class VLLMBackend(Backend):
         gen_ids = [t for t in ids if t not in eos]
         p_yes = p_defect = None
         if self.options.logprobs and comp.logprobs:
-            pieces = self.tokenizer.batch_decode([[t] for t in ids])
+            pieces = [self._text(t) for t in ids]
             steps = comp.logprobs
 
             def candidates(i: int) -> list[tuple[str, float]]:
-                return [(lp.decoded_token or "", lp.logprob) for lp in steps[i].values()]
+                return [(self._text(t), lp.logprob) for t, lp in steps[i].items()]
 
             p_yes, p_defect = scores_from_steps(pieces, candidates, self.options.prompt_style)
         return Result(
-            raw=comp.text,
+            # as the transformers backend decodes its replies (and vLLM's own detokenizer would: special tokens out)
+            raw=self.tokenizer.decode(gen_ids, skip_special_tokens=True),
             p_yes=p_yes,
             p_defect=p_defect,
             latency_s=time.perf_counter() - t0,
@@ -262,6 +300,13 @@ class VLLMBackend(Backend):
             completion_tokens=len(ids),
             token_ids=gen_ids,
         )
+
+    def _text(self, token_id: int) -> str:
+        """One token's text (`decode([id])`, as vLLM gives a candidate's `decoded_token`), decoded once per id."""
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = self.tokenizer.decode([token_id])
+        return text
 
     def _generation_eos(self) -> list[int]:
         if not hasattr(self, "_eos_cache"):
@@ -275,42 +320,57 @@ class VLLMBackend(Backend):
             self._eos_cache = [e for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
         return self._eos_cache
 
-    def _enqueue(self, batch: list[Request], pending: dict[str, tuple[Request, float]]) -> Iterator:
-        """Queue a batch; a request whose prompt cannot be built is answered with an error right away."""
-        prompts, ok = [], []
-        for r in batch:
+    def _enqueue(self, pairs: Iterable[tuple[Request, Any]], pending: dict[str, tuple[Request, float]]) -> Iterator:
+        """Queue each (request, future of its images) as its images are ready; a request whose prompt cannot be
+        built (an image that cannot be read) is answered with an error right away. Returns how many it took."""
+        taken = 0
+        for r, images in pairs:
+            taken += 1
             try:
-                prompts.append(self._prompt(r))
-                ok.append(r)
+                prompt = self._prompt(r, images.result())
             except Exception as e:
                 yield r, Result(error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-        if not ok:
-            return
-        t0 = time.perf_counter()
-        ids = self.llm.enqueue(prompts, self.params, use_tqdm=False)
-        for rid, r in zip(ids, ok, strict=True):
+                continue
+            t0 = time.perf_counter()
+            (rid,) = self.llm.enqueue([prompt], self.params, use_tqdm=False)
             # vLLM returns internal ids ("7-1a2b3c4d"); outputs carry the external one ("7").
             pending[str(rid).split("-", 1)[0]] = (r, t0)
+        return taken
 
     def generate(self, requests: Iterable[Request]) -> Iterator[tuple[Request, Result]]:
-        it = iter(requests)
+        # Images are decoded and sized by `image_workers` threads ahead of the engine, in request order.
+        prepared = prefetch_images(
+            requests,
+            self.options,
+            self.max_pixels,
+            self.image_factor,
+            self.image_workers,
+            ahead=max(8, 4 * self.image_workers),
+        )
+        try:
+            yield from self._generate(prepared)
+        finally:
+            prepared.close()
+
+    def _generate(self, prepared: Iterator[tuple[Request, Any]]) -> Iterator[tuple[Request, Result]]:
         if not hasattr(self.llm, "enqueue"):  # older vLLM: whole chunks through generate()
-            while batch := list(islice(it, self.queue_size)):
+            while batch := list(islice(prepared, self.queue_size)):
                 t0 = time.perf_counter()
-                outs = self.llm.generate([self._prompt(r) for r in batch], self.params, use_tqdm=False)
-                for r, out in zip(batch, outs, strict=True):
+                outs = self.llm.generate([self._prompt(r, f.result()) for r, f in batch], self.params, use_tqdm=False)
+                for (r, _), out in zip(batch, outs, strict=True):
                     yield r, self._result(out, t0)
             return
         engine = self.llm.llm_engine
         pending: dict[str, tuple[Request, float]] = {}
         exhausted = False
         while True:
-            # Top up while the queue is at most half full, so the scheduler always has work.
-            if not exhausted and len(pending) <= self.queue_size // 2:
-                more = list(islice(it, self.queue_size - len(pending)))
-                exhausted = not more
-                yield from self._enqueue(more, pending)
-                continue
+            # Keep the queue topped up to queue_size, at most ENQUEUE_CHUNK requests between two engine steps: the
+            # engine starts on the first requests while later ones are still being read.
+            if not exhausted and len(pending) < self.queue_size:
+                n = min(self.queue_size - len(pending), ENQUEUE_CHUNK)
+                exhausted = (yield from self._enqueue(islice(prepared, n), pending)) < n
+                if not pending and not exhausted:
+                    continue
             if not pending:
                 return
             if not engine.has_unfinished_requests():  # never spin forever on ids the engine no longer knows
@@ -330,6 +390,35 @@ class VLLMBackend(Backend):
                 llm.llm_engine.engine_core.shutdown()
 
         gc.collect()
+
+
+_MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """`os.environ[name] = value` for the block, then as it was."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def vllm_on_cpu() -> bool:
+    """Whether vLLM runs on the CPU here (its CPU build, or no CUDA device)."""
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except (ImportError, AttributeError):  # a vLLM without that module: ask torch
+        import torch
+
+        return not torch.cuda.is_available()
 
 
 def vllm_dtype(dtype: str) -> str:
