@@ -13,8 +13,8 @@ so the codecs do real work):
                (`Qwen2VLImageProcessor`, what AutoProcessor and vLLM load) and its PIL one (`...Pil`), for the record
     prompt     `render_prompt` (the chat template) and tokenising the rendered prompt, on a tiny Qwen2-VL processor
 
-then the rate of the stages iadr1 runs ahead of the engine (decode + resize, `iadr1.infer.prefetch`) inline and
-with a pool of 1 and 2 threads and of 2 processes, projected to 8 cores, and, in vLLM's environment (.venv-vllm),
+then the rate of the stages iadr1 runs ahead of the engine (check + decode + resize, `iadr1.infer.prefetch`) inline
+and with a pool of 1 and 2 threads and of 2 processes, projected to 8 cores, and, in vLLM's environment (.venv-vllm),
 what vLLM's own frontend spends per image in `LLM.enqueue` (its processor stage, run in the caller's thread).
 Usage:
 
@@ -28,8 +28,10 @@ images/s, so the pipeline must deliver at least 2 x 30 = 60 images/s with the co
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -105,7 +107,7 @@ def decode(path: Path):
 
 
 def decode_and_resize(path: Path, cap: int | None):
-    """What the prefetch pool runs per image: iadr1's own reader, then training's size rule."""
+    """What the backend's pool runs per image: iadr1's own reader, then training's size rule."""
     from iadr1.data.perturb import load_image
     from iadr1.models.loading import fit_image
 
@@ -160,7 +162,7 @@ POOLS["procs2"] = (ProcessPoolExecutor, 2)
 
 
 def pool_rates(paths: list[Path], cap: int | None, rounds: int) -> dict[str, float]:
-    """Images/s of decode + resize inline and through pools of threads or processes (mapped in order, as the
+    """Images/s of check + decode + resize inline and through pools of threads or processes (mapped in order, as the
     prefetch pool returns them). The configurations take turns within each round, so a passing load on the
     machine hits them alike; the median round counts."""
     fn = _pool_task(cap)
@@ -198,7 +200,9 @@ def vllm_frontend(paths: list[Path], caps: dict[str, int | None]) -> dict[str, f
     from iadr1.models.tiny import build_tiny
     from iadr1.prompts import inference_segments
 
-    model = build_tiny("qwen2_vl", Path(tempfile.mkdtemp(prefix="bench_pipeline_vllm_")) / "tiny")
+    scratch = Path(tempfile.mkdtemp(prefix="bench_pipeline_vllm_"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    model = build_tiny("qwen2_vl", scratch / "tiny")
     config = model / "processor_config.json"
     spec = json.loads(config.read_text())
     spec["image_processor"]["size"] = {"shortest_edge": QWEN_MIN_PIXELS, "longest_edge": 1036 * 1036}
@@ -235,6 +239,9 @@ class _pool_task:  # picklable for the process pool
         self.cap = cap
 
     def __call__(self, path: Path):
+        from iadr1.data.io import check_image
+
+        check_image(path)  # the runner's check (`build_request`), in its own pool in a run
         return decode_and_resize(path, self.cap)
 
 
@@ -263,6 +270,7 @@ def main() -> None:
     from iadr1.models.tiny import build_tiny
 
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # some 50 MB of images and a tiny model
     files = make_images(work / "images", args.images)
     tiny = load_processor(build_tiny("qwen2_vl", work / "tiny"))
     sizes = {fmt: statistics.mean(f.stat().st_size for f in fs) / 2**20 for fmt, fs in files.items()}
@@ -272,7 +280,7 @@ def main() -> None:
         f"{sys.version.split()[0]}"
     )
     figures: dict = {"load_average": os.getloadavg()[0], "cores": os.cpu_count(), "formats": {}}
-    stages_ahead = ("decode", "resize")  # what the prefetch pool runs ahead of the engine
+    stages_ahead = ("check", "decode", "resize")  # what iadr1's pools run ahead of the engine
     for fmt, paths in files.items():
         costs = stage_costs(paths, args.rounds, tiny)
         for cap_name, c in costs.items():
@@ -282,15 +290,17 @@ def main() -> None:
                 if stage in c:
                     print(f"  {stage:30s} {1e3 * c[stage]:9.2f} {1 / c[stage]:14.1f}")
             ahead = sum(c[s] for s in stages_ahead)
-            total = c["check"] + ahead + c["processor_torchvision"] + c["prompt"] + c["tokenize"]
-            print(f"  {'ahead of the engine (pool)':30s} {1e3 * ahead:9.2f} {1 / ahead:14.1f}   decode + resize")
+            total = ahead + c["processor_torchvision"] + c["prompt"] + c["tokenize"]
+            print(
+                f"  {'ahead of the engine (pools)':30s} {1e3 * ahead:9.2f} {1 / ahead:14.1f}   check + decode + resize"
+            )
             print(
                 f"  {'whole pipeline, one core':30s} {1e3 * total:9.2f} {1 / total:14.1f}   "
                 "check + decode + resize + processor + prompt"
             )
             figures["formats"].setdefault(fmt, {})[cap_name] = {"ms_per_image": {k: 1e3 * v for k, v in c.items()}}
 
-    print("\nThe prefetch pool (decode + resize, in order), images/s:")
+    print("\niadr1's read-ahead (check + decode + resize, in order), images/s:")
     print(f"  {'':12s} {'inline':>8s} {'1 thread':>9s} {'2 threads':>10s} {'2 procs':>8s} {'scaling':>8s}", end="")
     print(f" {f'{args.cores} cores (projected)':>22s}")
     for fmt, paths in files.items():
