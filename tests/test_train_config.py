@@ -119,6 +119,41 @@ def test_vllm_rollouts_without_cuda_are_refused_before_anything_loads(mode):
     assert GRPORunConfig(**REQUIRED, vllm="auto").resolved_vllm_mode() == "off"
 
 
+@pytest.mark.parametrize("mode", ["colocate", "server"])
+def test_vllm_rollouts_have_no_importance_sampling_correction_as_published(mode, monkeypatch):
+    """TRL 1.16 corrects vLLM rollouts by default, against log-probs vLLM renormalised over the top-p/top-k
+    survivors: with the published sampler that factor falls toward 0 (tests/test_train_vllm.py measures it)."""
+    monkeypatch.setattr(GRPORunConfig, "resolved_vllm_mode", lambda self: mode)
+    kwargs = GRPORunConfig(**REQUIRED).to_trl_kwargs()
+    assert kwargs["use_vllm"] and kwargs["vllm_mode"] == mode
+    assert kwargs["vllm_importance_sampling_correction"] is False
+    again = GRPORunConfig(**REQUIRED, trl_args={"vllm_importance_sampling_correction": True}).to_trl_kwargs()
+    assert again["vllm_importance_sampling_correction"] is True, "trl_args may turn it back on"
+    monkeypatch.setattr(GRPORunConfig, "resolved_vllm_mode", lambda self: "off")
+    assert "vllm_importance_sampling_correction" not in GRPORunConfig(**REQUIRED).to_trl_kwargs()
+
+
+@pytest.mark.parametrize(
+    ("config", "placeholders"),
+    [
+        ({"image_token_id": 151655, "video_token_id": 151656}, [151655, 151656]),  # Qwen
+        ({"image_token_id": 32000, "video_token_id": None}, [32000]),  # LLaVA (image_token_index)
+        ({"image_token_id": 151667}, [151667]),  # InternVL
+    ],
+)
+def test_vllm_rollouts_never_sample_a_placeholder_token(config, placeholders):
+    from types import SimpleNamespace
+
+    from iadr1.train.grpo import NEVER_SAMPLE, vllm_generation_kwargs
+
+    kwargs = vllm_generation_kwargs(SimpleNamespace(**config), None)
+    assert kwargs == {"logit_bias": {i: NEVER_SAMPLE for i in placeholders}}
+    given = {"min_tokens": 2, "logit_bias": {"7": 1.5}}
+    merged = vllm_generation_kwargs(SimpleNamespace(**config), given)
+    assert merged["min_tokens"] == 2 and merged["logit_bias"]["7"] == 1.5 and placeholders[0] in merged["logit_bias"]
+    assert given == {"min_tokens": 2, "logit_bias": {"7": 1.5}}, "the caller's dict is not changed"
+
+
 def test_sft_config_maps_onto_trl():
     from trl import SFTConfig
 

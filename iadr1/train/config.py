@@ -319,6 +319,14 @@ class GRPORunConfig(_RunConfig):
         }
         if vllm_mode != "off":
             kwargs.update(
+                # No importance-sampling correction of vLLM's rollouts, as published (the original's TRL had
+                # none). TRL 1.16's correction multiplies each completion's loss by exp(sum over its tokens of
+                # trainer logp - vLLM logp); vLLM reports the log-probs renormalised over the tokens top-p/top-k
+                # keep, the trainer over the whole vocabulary, so every token adds log(kept mass) < 0 and with
+                # the published top-p 0.9 / top-k 50 the factor falls toward 0: measured on a tiny model, 4e-12
+                # per completion and no learning (tests/test_train_vllm.py; TRL issue 6789). `trl_args` can
+                # turn it back on.
+                vllm_importance_sampling_correction=False,
                 vllm_mode=vllm_mode,
                 vllm_gpu_memory_utilization=self.vllm_gpu_memory_utilization,
                 vllm_tensor_parallel_size=self.vllm_tensor_parallel_size,

