@@ -92,6 +92,19 @@ def test_block_counts_are_exact(shape):
     assert np.array_equal(counts, expected) and np.array_equal(full(), m)
 
 
+@pytest.mark.parametrize("values", [(0, 1), (0, 38), (0, 100, 200)])
+def test_block_counts_threshold_at_half_the_maximum(values):
+    """Label masks (0/1, one label value, several values): defective is above half the mask's maximum, as
+    `binarize` says for arrays."""
+    from iadr1.data.annotate.masks import binarize, block_counts
+
+    a = np.random.default_rng(len(values)).choice(np.array(values, np.uint8), size=(1024, 1024))
+    counts, full = block_counts(Image.fromarray(a), 4)
+    expected = binarize(a)
+    assert np.array_equal(full(), expected)
+    assert np.array_equal(counts, expected.reshape(256, 4, 256, 4).sum(axis=(1, 3)))
+
+
 def test_extent_phrases():
     assert extent_phrase(0.1, 0.05, 0.3, 0.95) == "spans the width of the image"
     assert extent_phrase(0.05, 0.1, 0.95, 0.9) == "spans most of the image"

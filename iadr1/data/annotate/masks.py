@@ -95,9 +95,10 @@ def block_counts(im: Any, f: int) -> tuple[np.ndarray, Callable[[], np.ndarray]]
     maker of the full-resolution binary mask. Pillow's box reduction of the 0/255 mask does it in C (a strided numpy
     sum over a 1024 x 1024 mask costs 15x more); its average is rounded to an integer, exact for f <= 15
     (255 / f^2 > 1), within one pixel per block beyond."""
-    used = [v for v, n in enumerate(im.histogram()) if n]
-    already = used in ([0, 255], [255])  # the usual 0/255 mask needs no thresholding pass
-    binary = im if already else im.point([255 if v > used[-1] / 2 else 0 for v in range(256)])
+    # Above half the maximum (`binarize`'s rule), by a lookup table: the maximum from getextrema costs a tenth of
+    # Pillow's histogram (0.2 vs 2 ms on 1024 x 1024), which was half of the whole function.
+    top = im.getextrema()[1]
+    binary = im.point([255 if v > top / 2 else 0 for v in range(256)])
     if f == 1:
         full = np.asarray(binary) > 127
         return full.astype(np.int32), lambda: full
