@@ -68,6 +68,32 @@ def tiny_model(tiny_model_factory):
     return tiny_model_factory
 
 
+# --- `vllm.LLM` without vLLM: the engine options and images the vLLM backend passes ---------------------------------
+class FakeLLM:
+    """Stands in for `vllm.LLM`: records its keyword arguments and VLLM_ENABLE_V1_MULTIPROCESSING while built."""
+
+    kwargs: dict = {}
+    multiprocessing: str | None = None
+
+    def __init__(self, **kwargs) -> None:
+        FakeLLM.kwargs = kwargs
+        FakeLLM.multiprocessing = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """A `vllm` module whose `LLM` is `FakeLLM` (returned) and whose `SamplingParams` returns its arguments."""
+    import sys
+    import types
+
+    module = types.ModuleType("vllm")
+    module.LLM = FakeLLM
+    module.SamplingParams = lambda **kw: kw
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    FakeLLM.kwargs, FakeLLM.multiprocessing = {}, None
+    return FakeLLM
+
+
 # --- the scripted OpenAI-compatible server (tests/openai_stub.py) -----------------------------------------------------
 STUB_KEY_ENV = "IADR1_TEST_KEY"
 STUB_KEY = "sk-test-0123456789"  # set in STUB_KEY_ENV for the test; must never appear in any file written

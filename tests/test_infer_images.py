@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -149,24 +148,6 @@ def test_resolve_max_pixels(tmp_path):
 
 
 # --- the vLLM backend without vLLM: the images it queues and the engine options it passes ---------------------------
-class _FakeLLM:
-    """Stands in for `vllm.LLM`: records its keyword arguments."""
-
-    kwargs: dict = {}
-
-    def __init__(self, **kwargs) -> None:
-        _FakeLLM.kwargs = kwargs
-
-
-@pytest.fixture
-def fake_vllm(monkeypatch):
-    module = types.ModuleType("vllm")
-    module.LLM = _FakeLLM
-    module.SamplingParams = lambda **kw: kw
-    monkeypatch.setitem(sys.modules, "vllm", module)
-    return _FakeLLM
-
-
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "llava_onevision", "internvl"])
 def test_vllm_backend_queues_training_sized_images(tiny_model, tmp_path, fake_vllm, family):
     from iadr1.infer.vllm_backend import VLLMBackend

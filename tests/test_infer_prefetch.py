@@ -318,30 +318,14 @@ def test_the_summary_reports_start_up_and_steady_rate(tmp_path):
 
 
 # --- the vLLM backend's CPU defaults and its own decoding (no vLLM needed) -------------------------------------------
-class _RecordingLLM:
-    """Stands in for `vllm.LLM`: records its keyword arguments and the multiprocessing variable while it is built."""
-
-    kwargs: dict = {}
-    multiprocessing: str | None = None
-
-    def __init__(self, **kwargs) -> None:
-        _RecordingLLM.kwargs = kwargs
-        _RecordingLLM.multiprocessing = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-
-
 @pytest.fixture
-def recording_vllm(monkeypatch):
-    import sys
-
-    module = types.ModuleType("vllm")
-    module.LLM = _RecordingLLM
-    module.SamplingParams = lambda **kw: kw
-    monkeypatch.setitem(sys.modules, "vllm", module)
-    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+def recording_vllm(fake_vllm, monkeypatch):
+    """`fake_vllm` on a machine the backend takes for a CPU, VLLM_ENABLE_V1_MULTIPROCESSING unset."""
     from iadr1.infer import vllm_backend
 
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
     monkeypatch.setattr(vllm_backend, "vllm_on_cpu", lambda: True)
-    return _RecordingLLM
+    return fake_vllm
 
 
 def test_vllm_on_a_cpu_runs_eager_in_this_process_by_default(tiny_model, recording_vllm, monkeypatch):

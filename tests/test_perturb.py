@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import sys
-import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -232,19 +230,6 @@ def test_transformers_backend_feeds_the_perturbed_pixels(tiny_model, tmp_path):
     assert torch.equal(got["pixel_values"], hand["pixel_values"])
     assert not torch.equal(got["pixel_values"], clean["pixel_values"])
     assert torch.equal(got["image_grid_thw"], clean["image_grid_thw"])  # perturbed at its own size, then sized
-
-
-class _FakeLLM:
-    def __init__(self, **kwargs) -> None:
-        self.kwargs = kwargs
-
-
-@pytest.fixture
-def fake_vllm(monkeypatch):
-    module = types.ModuleType("vllm")
-    module.LLM = _FakeLLM
-    module.SamplingParams = lambda **kw: kw
-    monkeypatch.setitem(sys.modules, "vllm", module)
 
 
 def test_vllm_backend_queues_the_perturbed_images(tiny_model, tmp_path, fake_vllm):
