@@ -1,7 +1,7 @@
 """How much SC-GRPO could still gain from a model: greedy type and location accuracy beside what its own samples
 reach (docs/demo.md, "What SC-GRPO can sharpen").
 
-    python benchmarks/grpo_headroom.py DEMO_OUT [--stage sft] [--samples 8] [--temperature 1.0] [--top-p 0.9]
+    python benchmarks/grpo_headroom.py DEMO_OUT [--stage sft] [--samples 8] [--temperature T] [--top-p P]
 
 GRPO raises the probability of the sampled completions that earned more than their group. For a defective image
 whose greedy answer names the wrong place or kind it can only move toward a right answer the model samples: an
@@ -9,8 +9,9 @@ image that none of its G samples gets right gives no signal toward the truth. So
 one right answer among k samples (pass@k) bounds what sharpening the model's own answers can give at greedy
 decoding, and the images whose samples disagree (some right, some wrong) are where the groups' reward spread is.
 
-Runs `iadr1 infer` (transformers, batched) `--samples` times on the demo's test images with the SC-GRPO recipe's
-sampling (temperature 1.0, top-p 0.9), seeds 0..k-1, plus the stage's greedy predictions (DEMO_OUT/eval_<stage>),
+Runs iadr1's inference (transformers, batched) `--samples` times on the demo's test images with the SC-GRPO
+recipe's sampling and completion length (recipe `demo`: temperature 1.0, top-p 0.9, 64 tokens) and the image cap the
+model was trained with, seeds 0..k-1, beside the stage's greedy predictions (DEMO_OUT/eval_<stage>),
 scores every run with eval's rules (type and location judged on the defective images the greedy run found) and
 prints one table (and `--json FILE`).
 """
@@ -29,15 +30,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("demo_out", type=Path)
     ap.add_argument("--stage", default="sft", help="sft or grpo: the model DEMO_OUT/<stage> and its eval folder")
-    ap.add_argument("--samples", type=int, default=8, help="k: sampled answers per image (the recipe's G: 8)")
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--top-p", type=float, default=0.9)
-    ap.add_argument("--max-pixels", type=int, default=12544, help="the demo's image cap")
+    ap.add_argument("--samples", type=int, default=None, help="k: sampled answers per image (default: the recipe's G)")
+    ap.add_argument("--temperature", type=float, default=None, help="default: the recipe's")
+    ap.add_argument("--top-p", type=float, default=None, help="default: the recipe's")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
     from iadr1.eval.pipeline import evaluate
     from iadr1.infer import run_inference
+    from iadr1.train.config import GRPORunConfig, load_config
+
+    recipe = load_config(GRPORunConfig, recipe="demo", overrides={"model": "-", "dataset": "-", "output_dir": "-"})
+    args.samples = args.samples or recipe.num_generations
+    args.temperature = recipe.temperature if args.temperature is None else args.temperature
+    args.top_p = recipe.top_p if args.top_p is None else args.top_p
 
     out = args.demo_out
     test_file = next((out / "data").glob("test_*_format.json"))
@@ -61,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             out=folder,
             backend="transformers",
             batch_size=32,
-            max_new_tokens=64,
-            max_pixels=args.max_pixels,
+            max_new_tokens=recipe.max_completion_length,  # the image cap: the trained model's own (infer's default)
             temperature=args.temperature,
             top_p=args.top_p,
             seed=seed,
