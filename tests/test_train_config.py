@@ -408,3 +408,21 @@ def test_out_and_output_dir_are_one_option(capsys, tmp_path):
         import yaml
 
         assert yaml.safe_load(capsys.readouterr().out)["output_dir"] == str(tmp_path / spelling)
+
+
+def test_set_null_reaches_the_config(capsys, tmp_path):
+    """`--set KEY=null` is an explicit value (save_total_limit: None keeps every checkpoint), not "not given":
+    the `--set` layer keeps its None values; the named options left out still mean "not given"."""
+    import yaml
+
+    from iadr1.cli import main
+
+    base = ["grpo", "--model", "m", "--dataset", "d.jsonl", "-o", str(tmp_path), "--print-config"]
+    main(base)
+    assert yaml.safe_load(capsys.readouterr().out)["save_total_limit"] == 2
+    main([*base, "--set", "save_total_limit=null", "--set", "save_steps=150"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["save_total_limit"] is None and printed["save_steps"] == 150
+    # a named option still wins over --set
+    main([*base, "--set", "lr=1e-3", "--lr", "2e-4"])
+    assert yaml.safe_load(capsys.readouterr().out)["lr"] == 2e-4

@@ -94,7 +94,8 @@ def _run_stage(stage: str, values: dict[str, Any]) -> None:
         cls,
         config_file=values.get("config"),
         recipe=values.get("recipe"),
-        overrides={**parse_set_options(values.get("set_")), **named},
+        settings=parse_set_options(values.get("set_")),
+        overrides=named,
     )
     if values.get("print_config"):
         _print_config(cfg)

@@ -370,9 +370,12 @@ def load_config(
     *,
     config_file: str | os.PathLike | None = None,
     recipe: str | None = None,
+    settings: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Any:
-    """Merge defaults < recipe < config file < overrides (a None override means "not given"), and validate.
+    """Merge defaults < recipe < config file < settings < overrides, and validate. `settings` are explicit
+    values (`--set KEY=VALUE`: `--set save_total_limit=null` sets None); a None override means "not given" (a
+    named command-line option left out).
 
     Any problem (unknown option, wrong type, missing required option) is a one-line ConfigError naming the
     option.
@@ -386,6 +389,9 @@ def load_config(
     if config_file:
         layers.append(read_yaml(config_file))
         sources.append(str(config_file))
+    if settings:
+        layers.append(settings)
+        sources.append("--set")
     for layer in layers:
         if layer.get("stage", stage) != stage:
             raise ConfigError(f"{' + '.join(sources)}: a {layer['stage']} config cannot run `iadr1 {stage}`")
