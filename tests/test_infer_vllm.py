@@ -33,23 +33,29 @@ TRAINED_CAP = 2000
 pytestmark = pytest.mark.vllm
 
 
-@pytest.fixture(scope="module")
-def vllm_python() -> Path:
-    """The .venv-vllm interpreter; missing is a skip on a developer machine and a failure in CI."""
+def vllm_interpreter(modules: str = "vllm, iadr1") -> Path:
+    """The .venv-vllm interpreter, checked to import `modules`; missing is a skip on a developer machine and a
+    failure in CI."""
     why = None
     if not VLLM_PYTHON.exists():
         why = f"{VLLM_PYTHON} not found (run `make vllm-env`)"
     else:
         probe = subprocess.run(
-            [str(VLLM_PYTHON), "-c", "import vllm, iadr1"], capture_output=True, text=True, timeout=300
+            [str(VLLM_PYTHON), "-c", f"import {modules}"], capture_output=True, text=True, timeout=300
         )
         if probe.returncode != 0:
-            why = f"{VLLM_PYTHON} cannot import vllm and iadr1: {probe.stderr.strip().splitlines()[-1:]}"
+            why = f"{VLLM_PYTHON} cannot import {modules}: {probe.stderr.strip().splitlines()[-1:]}"
     if why:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI needs the vLLM CPU environment: {why}")
         pytest.skip(why)
     return VLLM_PYTHON
+
+
+@pytest.fixture(scope="module")
+def vllm_python() -> Path:
+    """The .venv-vllm interpreter with vLLM and iadr1 (`vllm_interpreter`)."""
+    return vllm_interpreter()
 
 
 def _requests(root: Path, keys: list[str]) -> list[Request]:

@@ -22,13 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_infer_vllm import vllm_python  # noqa: F401 (the fixture: skip locally, fail in CI without .venv-vllm)
+from test_infer_vllm import vllm_interpreter
 from test_train import EVEN_TOKENS_REWARD, history, is_vision, moved, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "tooling" / "vllm_grpo.py"
 
 pytestmark = [pytest.mark.vllm, pytest.mark.train]
+
+
+@pytest.fixture(scope="module")
+def vllm_python() -> Path:
+    """The .venv-vllm interpreter with vLLM, iadr1 and the training stack (skip locally, fail in CI without)."""
+    return vllm_interpreter("vllm, iadr1, trl, peft, accelerate, datasets")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +76,7 @@ def _grpo_with_vllm(python: Path, setup: dict, out: Path, steps: int, **extra) -
 
 # The published family and the two newer ones (measured 0.55 -> 0.86, 0.56 -> 0.78, 0.61 -> 0.86).
 @pytest.mark.parametrize("setup", ["qwen2_vl", "qwen3_vl", "internvl"], indirect=True)
-def test_grpo_with_colocated_vllm_rollouts_learns(vllm_python, setup, tmp_path):  # noqa: F811
+def test_grpo_with_colocated_vllm_rollouts_learns(vllm_python, setup, tmp_path):
     out = _grpo_with_vllm(vllm_python, setup, tmp_path / "out", steps=10)
     logs = [h for h in history(out) if "reward" in h]
     rewards = [h["reward"] for h in logs]
@@ -85,7 +91,7 @@ def test_grpo_with_colocated_vllm_rollouts_learns(vllm_python, setup, tmp_path):
     assert len((out / "completions.jsonl").read_text().splitlines()) >= 10
 
 
-def test_control_trl_importance_sampling_correction_takes_the_learning_away(vllm_python, setup, tmp_path):  # noqa: F811
+def test_control_trl_importance_sampling_correction_takes_the_learning_away(vllm_python, setup, tmp_path):
     """TRL's default (the behaviour before iadr1 turned it off): the same rollouts, no learning. The logged
     importance-sampling factor is many orders of magnitude below 1, so the first step's loss (no KL yet) is ~0 and
     the reward stays where a random policy is (measured 0.47 -> 0.50 over the same 10 steps)."""
