@@ -11,8 +11,7 @@ greedy, the demo's batch size, token and image caps):
   the truth, so this is about the most that more of the demo's training data can teach the language model on the
   frozen tower's features.
 - `grpo`: SC-GRPO with the demo recipe for `--grpo-steps` steps (the demo runs 60; 130 take about as long as the
-  second PA-SFT pass on 2 cores), the same rewards and
-  sampling.
+  second PA-SFT pass on 2 cores), the same rewards and sampling.
 
 Printed per arm: training examples seen (answers, or prompts x G completions), training seconds, examples per
 second, type and location accuracy and the interpretation gain over DEMO_OUT/eval_sft with its paired bootstrap

@@ -354,8 +354,6 @@ def training_config(
 
     user = cfg.sft if stage == "sft" else cfg.grpo
     overrides = {
-        "seed": cfg.seed,
-        **user,
         "model": str(model),
         "dataset": dataset,
         "image_root": image_root,
@@ -366,7 +364,8 @@ def training_config(
         "trl_args": {**user.get("trl_args", {}), "disable_tqdm": True},  # progress goes through on_progress
     }
     cls = SFTRunConfig if stage == "sft" else GRPORunConfig
-    return load_config(cls, recipe=cfg.recipe, overrides=overrides)
+    # the user's options are explicit values (a None among them is kept: {"save_total_limit": None}), the demo's win
+    return load_config(cls, recipe=cfg.recipe, settings={"seed": cfg.seed, **user}, overrides=overrides)
 
 
 # ------------------------------------------------------------------------------------------------------------

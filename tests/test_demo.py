@@ -273,6 +273,11 @@ def test_recipe_demo_is_what_the_demo_trains_with(capsys: pytest.CaptureFixture[
         assert {k for k in recipe if recipe[k] != demo[k]} <= own, stage
         assert recipe["max_pixels"] == cfg.max_pixels  # one image size for warm-up, training and inference
     assert training_config("grpo", cfg, "m", "d.json", "img").vllm == "off"  # the YAML `off` is not False
+    # DemoConfig.grpo's values are explicit: None is a value (keep every checkpoint), the demo's paths still win
+    user = DemoConfig(grpo={"save_total_limit": None, "max_steps": 7, "seed": 3})
+    run = training_config("grpo", user, "m", "d.json", "img")
+    assert run.save_total_limit is None and run.max_steps == 7 and run.seed == 3
+    assert run.output_dir == user.out / "grpo" and run.save_steps == 10**6
     main(
         [
             "sft",
