@@ -4,8 +4,8 @@ buys"): the ceiling that issue 14's +8 points of SC-GRPO gain runs into.
     python benchmarks/grpo_budget.py DEMO_OUT [--sft-lr 3e-4] [--grpo-steps 130] [--skip sft|grpo] [--json FILE]
 
 From the model DEMO_OUT/sft of an `iadr1 demo --out DEMO_OUT` run, two arms, each with the demo's own run config
-(`report.json` "training": the recipe, the seed, the paths) and scored as the demo scores a stage (transformers,
-greedy, the demo's batch size, token and image caps):
+(`report.json` "training": the recipe, the seed, the paths) and scored as the demo scores a stage
+(`iadr1.demo.answer_test_images`):
 
 - `sft2`: a second PA-SFT pass over the same answers (lr `--sft-lr`, cosine as the recipe). Every answer states
   the truth, so this is about the most that more of the demo's training data can teach the language model on the
@@ -41,9 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    from iadr1.demo import interpretation_gain
+    from iadr1.demo import DemoConfig, answer_test_images, interpretation_gain
     from iadr1.eval.pipeline import evaluate
-    from iadr1.infer import run_inference
     from iadr1.train.config import GRPORunConfig, SFTRunConfig
     from iadr1.train.grpo import run_grpo
     from iadr1.train.sft import run_sft
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if not report_file.is_file():
         sys.exit(f"{report_file}: not found (run `iadr1 demo --out {out}` first)")
     report = json.loads(report_file.read_text())
-    demo, training = report["config"], report["training"]
+    demo, training = DemoConfig(**report["config"]), report["training"]
     test_file = next((out / "data").glob("test_*_format.json"))
     annotations = out / "data" / "annotations.jsonl"
     before = out / "eval_sft" / "predictions.jsonl"
@@ -88,17 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             train(cfg)
             seconds = round(time.perf_counter() - t0, 1)
             timing.write_text(json.dumps({"seconds": seconds}))
-        summary = run_inference(
-            model=str(cfg.output_dir),
-            test_file=test_file,
-            image_root=out / "data" / "images",
-            out=cfg.output_dir / "eval",
-            backend="transformers",
-            batch_size=demo["infer_batch_size"],
-            max_new_tokens=demo["max_new_tokens"],
-            max_pixels=demo["max_pixels"],
-            seed=demo["seed"],
-        )
+        summary = answer_test_images(cfg.output_dir, demo, test_file, out / "data" / "images", cfg.output_dir / "eval")
         result = evaluate([test_file], [summary.predictions], annotations=[annotations], n_boot=0)
         metrics = next(iter(result.datasets.values()))
         gain = interpretation_gain(test_file, annotations, before, summary.predictions)

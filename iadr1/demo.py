@@ -47,6 +47,7 @@ from iadr1.errors import ConfigError
 if TYPE_CHECKING:
     from iadr1.data.synthetic import SyntheticDataset
     from iadr1.eval.pipeline import EvalResult
+    from iadr1.infer.runner import InferenceSummary
     from iadr1.train.config import GRPORunConfig, SFTRunConfig
 
 STAGES: tuple[str, ...] = ("untrained", "sft", "grpo")
@@ -411,6 +412,32 @@ def evaluate_stage(
     return _evaluate_stage(name, model, cfg, ds, sample_keys, on_progress)[0]
 
 
+def answer_test_images(
+    model: str | os.PathLike,
+    cfg: DemoConfig,
+    test_file: str | os.PathLike,
+    image_root: str | os.PathLike,
+    out: str | os.PathLike,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> InferenceSummary:
+    """`model`'s answers to the test images as the demo scores a stage (`iadr1.infer`, transformers, greedy, the
+    demo's batch size, token and image caps, its seed) into `out/predictions.jsonl`; returns infer's summary."""
+    from iadr1.infer import run_inference
+
+    return run_inference(
+        model=str(model),
+        test_file=test_file,
+        image_root=image_root,
+        out=out,
+        backend="transformers",
+        batch_size=cfg.infer_batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        max_pixels=cfg.max_pixels,
+        seed=cfg.seed,
+        on_record=on_record,
+    )
+
+
 def _evaluate_stage(
     name: str,
     model: Path,
@@ -422,7 +449,6 @@ def _evaluate_stage(
     """`evaluate_stage`, and eval's result (per-image type and location verdicts for `interpretation_gain`)."""
     from iadr1.eval.pipeline import evaluate
     from iadr1.eval.report import write_all
-    from iadr1.infer import run_inference
 
     out = cfg.out / f"eval_{name}"
     task, total, answered = f"eval {name}", ds.counts.get("test"), 0
@@ -433,18 +459,7 @@ def _evaluate_stage(
         on_progress(task, answered, total, "")
 
     t0 = time.perf_counter()
-    summary = run_inference(
-        model=str(model),
-        test_file=ds.test_file,
-        image_root=ds.image_root,
-        out=out,
-        backend="transformers",
-        batch_size=cfg.infer_batch_size,
-        max_new_tokens=cfg.max_new_tokens,
-        max_pixels=cfg.max_pixels,
-        seed=cfg.seed,
-        on_record=on_record,
-    )
+    summary = answer_test_images(model, cfg, ds.test_file, ds.image_root, out, on_record)
     result = evaluate([ds.test_file], [summary.predictions], annotations=[ds.annotations], n_boot=0, name=name)
     metrics = dict(next(iter(result.datasets.values())))
     metrics.pop("classes", None)
@@ -830,6 +845,7 @@ __all__ = [
     "STAGES",
     "TABLE_METRICS",
     "DemoConfig",
+    "answer_test_images",
     "evaluate_stage",
     "interpretation_gain",
     "per_defect_accuracy",
